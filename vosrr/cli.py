@@ -1,0 +1,368 @@
+"""``vosrr``: the command line, a thin shell around the library.
+
+Every known failure prints one line naming the problem and what to do, and exits with a documented code
+(see ``ExitCode``); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vosrr.checkpoint import DEFAULT_WEIGHTS, WeightsError, load_model
+from vosrr.davis import DavisError
+from vosrr.masks import MaskError
+from vosrr.pipeline import OutputError, Outputs, segment_video
+from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.video import VideoError, VideoInfo
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fast semi-supervised video object segmentation by closed-form ridge regression.",
+)
+console = Console(stderr=True)
+T = TypeVar("T")
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    INPUT = 3
+    WEIGHTS = 4
+    OUTPUT = 5
+    DEVICE = 6
+    DATASET = 7
+    INTERRUPTED = 130
+
+
+_ERRORS: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (VideoError, ExitCode.INPUT),
+    (MaskError, ExitCode.INPUT),
+    (WeightsError, ExitCode.WEIGHTS),
+    (OutputError, ExitCode.OUTPUT),
+    (DavisError, ExitCode.DATASET),
+)
+
+
+def _fail(code: ExitCode, message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+def _guard(debug: bool, job: Callable[[], T]) -> T:
+    """Run ``job``; turn known errors into one line and an exit code (tracebacks only with --debug)."""
+    try:
+        return job()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _fail(ExitCode.INTERRUPTED, "interrupted")
+    except torch.cuda.OutOfMemoryError as error:
+        if debug:
+            raise
+        _fail(
+            ExitCode.DEVICE,
+            f"out of GPU memory ({str(error).splitlines()[0]}); try --max-side 640, --device cpu, or fewer --blocks",
+        )
+    except Exception as error:
+        if debug:
+            raise
+        for kind, code in _ERRORS:
+            if isinstance(error, kind):
+                _fail(code, str(error))
+        if isinstance(error, OSError) and error.strerror:
+            _fail(ExitCode.OUTPUT, f"{error.strerror}: {error.filename or ''}".rstrip(": "))
+        _fail(ExitCode.INTERNAL, f"unexpected {type(error).__name__}: {error} (rerun with --debug for details)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        _fail(ExitCode.USAGE, f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _fail(ExitCode.DEVICE, "--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+Weights = Annotated[Path | None, typer.Option("--weights", help="Checkpoint to use (default: the shipped one).")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+Blocks = Annotated[int, typer.Option("--blocks", help="Block-diagonal splitting of the solve: 1, 2, 4 or 8.")]
+Lam = Annotated[float | None, typer.Option("--lam", help="Ridge lambda (default: the checkpoint's, ~5).")]
+Online = Annotated[
+    float,
+    typer.Option(
+        "--online", help="Weight of online updates from confident predictions (0 = one solve from the first frame)."
+    ),
+]
+MaxSide = Annotated[
+    int | None,
+    typer.Option(
+        "--max-side", help="Process at most this many pixels on the longer side (masks are still written at full size)."
+    ),
+]
+
+
+def _segment_config(lam: float | None, blocks: int, online: float, max_side: int | None) -> SegmentConfig:
+    try:
+        return SegmentConfig(lam=lam, blocks=blocks, online=online, max_side=max_side)
+    except ValueError as error:
+        _fail(ExitCode.USAGE, str(error))
+
+
+@app.command()
+def segment(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, avi) or a folder of frames.")],
+    mask: Annotated[
+        Path, typer.Option("--mask", "-m", help="First-frame mask PNG (0/255, ids 1..K, palette or colours).")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <video>_vosrr).")] = None,
+    weights: Weights = None,
+    device: Device = "auto",
+    blocks: Blocks = 1,
+    lam: Lam = None,
+    online: Online = 0.0,
+    max_side: MaxSide = None,
+    fps: Annotated[
+        float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
+    ] = None,
+    masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write per-frame mask PNGs.")] = True,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
+    resize_mask: Annotated[
+        bool, typer.Option("--resize-mask", help="Scale a mask of another size to the video's (nearest neighbour).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a non-empty output folder (overwrites vosrr's own files only).")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Segment the objects of the first-frame MASK in every frame of VIDEO."""
+    config = _segment_config(lam, blocks, online, max_side)
+    target = out or video.with_name(f"{video.stem}_vosrr")
+    outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
+    dev = pick_device(device)
+
+    def job() -> None:
+        model, _ = load_model(weights, dev)
+        segmenter = Segmenter(model, config, dev)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]:.1f} fps"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        ) as progress:
+            task = progress.add_task("segmenting", total=None, fps=0.0)
+
+            def started(info: VideoInfo, objects: int) -> None:
+                progress.update(task, total=info.frames, description=f"{video.name}: {objects} object(s)")
+
+            def advanced(index: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 1e-9
+                progress.update(task, completed=index + 1, fps=(index + 1) / elapsed)
+
+            summary = segment_video(
+                segmenter, video, mask, outputs, resize_mask=resize_mask, fps=fps, on_start=started, on_frame=advanced
+            )
+        for note in summary.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        written = [str(outputs.mask_dir) + "/" if masks else None, str(outputs.overlay_path) if overlay else None]
+        console.print(
+            f"{summary.frames} frames, {summary.objects} object(s), {dev.type}, "
+            f"{summary.seconds_per_frame:.3f} s/frame ({1 / max(summary.seconds_per_frame, 1e-9):.1f} fps) -> "
+            + ", ".join(w for w in written if w),
+            highlight=False,
+        )
+        if summary.stopped_at:
+            console.print(
+                f"[yellow]warning:[/] {summary.stopped_at}; the frames before it were written", highlight=False
+            )
+        if summary.interrupted:
+            _fail(ExitCode.INTERRUPTED, f"interrupted after {summary.frames} frames; those are written")
+
+    _guard(debug, job)
+
+
+@app.command()
+def train(
+    davis: Annotated[Path, typer.Option("--davis", help="DAVIS 2016 root (JPEGImages, Annotations, ImageSets).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: last.pt, best.pt, log.")] = Path("runs/train"),
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 30,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per epoch.")] = 100,
+    batch: Annotated[int, typer.Option(help="Episodes per step.")] = 8,
+    channels: Annotated[int, typer.Option(help="C, embedding channels (bias channel included).")] = 256,
+    width: Annotated[int, typer.Option(help="Inner width of the embedding head.")] = 192,
+    lam: Annotated[float, typer.Option(help="Initial ridge lambda (learned).")] = 5.0,
+    blocks: Blocks = 1,
+    train_stages: Annotated[int, typer.Option(help="Trunk stages trained with the head (0, 1, 2).")] = 1,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd (paper: SGD, momentum 0.9).")] = "adamw",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 5e-4).")] = 5e-4,
+    max_gap: Annotated[int, typer.Option(help="Largest frame distance between reference and query.")] = 30,
+    refs: Annotated[int, typer.Option(help="Reference frames per episode.")] = 1,
+    holdout: Annotated[int, typer.Option(help="Training sequences held out for validation.")] = 3,
+    cache: Annotated[Path, typer.Option(help="Folder for the frozen-trunk feature cache.")] = Path("cache"),
+    resume: Annotated[Path | None, typer.Option(help="Resume from a checkpoint (e.g. runs/train/last.pt).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Device = "auto",
+    debug: Debug = False,
+) -> None:
+    """Meta-train phi through the ridge solve on DAVIS 2016 train."""
+    from vosrr.train import TrainConfig
+    from vosrr.train import train as run_training
+
+    _seed(seed)
+    dev = pick_device(device)
+    config = TrainConfig(
+        davis=davis,
+        out=out,
+        channels=channels,
+        width=width,
+        lam=lam,
+        blocks=blocks,
+        train_stages=train_stages,
+        epochs=epochs,
+        steps=steps,
+        batch=batch,
+        refs=refs,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_gap=max_gap,
+        holdout=holdout,
+        seed=seed,
+        device=str(dev),
+        cache=cache,
+        resume=resume,
+    )
+
+    def job() -> None:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            best = run_training(config, progress, log=lambda m: progress.console.print(m, highlight=False))
+        console.print(f"best checkpoint: {best}")
+
+    _guard(debug, job)
+
+
+@app.command("eval")
+def evaluate_cmd(
+    split: Annotated[str, typer.Option("--split", help="DAVIS split: val or train.")] = "val",
+    davis: Annotated[Path, typer.Option("--davis", help="DAVIS 2016 root.")] = Path("../shared/davis2016"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for <sequence>/<frame>.png and results.json.")] = Path(
+        "runs/eval"
+    ),
+    sequences: Annotated[str | None, typer.Option("--sequences", help="Comma-separated subset.")] = None,
+    weights: Weights = None,
+    device: Device = "auto",
+    blocks: Blocks = 1,
+    lam: Lam = None,
+    online: Online = 0.0,
+    max_side: MaxSide = None,
+    debug: Debug = False,
+) -> None:
+    """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
+    from vosrr.evaluate import evaluate
+
+    config = _segment_config(lam, blocks, online, max_side)
+    dev = pick_device(device)
+
+    def job() -> None:
+        model, _ = load_model(weights, dev)
+        segmenter = Segmenter(model, config, dev)
+        names = [s.strip() for s in sequences.split(",")] if sequences else None
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as progress:
+            result = evaluate(segmenter, davis, split, out, names, progress)
+        table = Table(title=f"DAVIS 2016 {split} ({len(result['sequences'])} sequences, {dev.type})")
+        for column in ("sequence", "frames", "J", "F", "J&F", "s/frame"):
+            table.add_column(column, justify="right" if column != "sequence" else "left")
+        for name, row in result["sequences"].items():
+            table.add_row(
+                name,
+                str(row["frames"]),
+                f"{row['J']:.1f}",
+                f"{row['F']:.1f}",
+                f"{row['JF']:.1f}",
+                f"{row['s_per_frame']:.3f}",
+            )
+        mean = result["mean"]
+        table.add_row(
+            "mean",
+            str(mean["frames"]),
+            f"{mean['J']:.1f}",
+            f"{mean['F']:.1f}",
+            f"{mean['JF']:.1f}",
+            f"{mean['s_per_frame']:.3f}",
+            style="bold",
+        )
+        Console().print(table)
+        console.print(f"results: {out / 'results.json'}")
+
+    _guard(debug, job)
+
+
+@app.command()
+def bench(
+    video: Annotated[Path | None, typer.Argument(help="Video or frame folder (default: the shipped sample).")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="First-frame mask (default: the sample's).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames to time (the video loops if shorter).")] = 60,
+    runs: Annotated[int, typer.Option(help="Repetitions; medians are reported.")] = 3,
+    out: Annotated[Path, typer.Option(help="JSON file for the numbers.")] = Path("runs/bench.json"),
+    weights: Weights = None,
+    device: Device = "auto",
+    solve_only: Annotated[
+        bool, typer.Option("--solve-only", help="Only the block-splitting table (paper Table 2).")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Time every stage per frame, end-to-end s/frame, peak memory, and the k-block solve (paper Table 2)."""
+    from vosrr.bench import run_bench
+
+    dev = pick_device(device)
+    _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console()))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+
+
+__all__ = ["DEFAULT_WEIGHTS", "ExitCode", "app", "main"]
