@@ -1,0 +1,376 @@
+"""Meta-training of phi through the ridge solve (``vosrr train``), shaped like torchvision's reference scripts.
+
+An episode is two frames of one training video: W is solved from the reference frame's features and
+mask, the query frame is predicted with it, and BCEWithLogits on the query back-propagates through the
+solve into phi. On a CPU the frozen part of the trunk is computed once and cached (``FeatureCache``);
+the trainable part (the head, and optionally the last one or two trunk stages) runs on the cached
+levels with flips and random crops. Under ``torchrun`` the same loop runs data-parallel (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from vosrr import solver
+from vosrr.checkpoint import load_checkpoint, save_checkpoint
+from vosrr.davis import Sequence, sequences
+from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
+from vosrr.masks import targets
+
+__all__ = ["FeatureCache", "TrainConfig", "evaluate_episodes", "train", "train_one_epoch"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    davis: Path
+    out: Path = Path("runs/train")
+    channels: int = 256
+    width: int = 192
+    lam: float = 5.0
+    blocks: int = 1
+    train_stages: int = 1
+    """trunk stages trained with the head: 0 (head only), 1 (+ stride-32 stage), 2 (+ stride-16 stage)"""
+    epochs: int = 20
+    steps: int = 100
+    """optimizer steps per epoch"""
+    batch: int = 8
+    """episodes per step"""
+    refs: int = 1
+    """reference frames per episode (their statistics add up)"""
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_gap: int = 30
+    crop: tuple[int, int] = (12, 20)
+    """crop of the cached feature maps, in stride-32 cells (12 x 20 = 384 x 640 pixels)"""
+    holdout: int = 3
+    """training sequences held out for validation"""
+    seed: int = 0
+    device: str = "cpu"
+    cache: Path = Path("cache")
+    resume: Path | None = None
+    log_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ data
+class FeatureCache:
+    """Frozen trunk levels and feature-grid targets of every frame, in memory (float16), saved to disk once.
+
+    ``levels[i]`` are ``[frames, C_i, h_i, w_i]`` for the three strides; ``Y`` is ``[frames, h*w, 2]``
+    (soft background/object fractions at stride 8) and ``valid`` ``[frames, h*w]``.
+    """
+
+    def __init__(self, levels: list[Tensor], Y: Tensor, valid: Tensor, index: list[tuple[str, int, int]]):
+        self.levels, self.Y, self.valid = levels, Y, valid
+        self.index = index  # (sequence, first row, frame count)
+
+    @classmethod
+    def build(cls, model: Embedder, seqs: list[Sequence], path: Path, progress: Any = None) -> FeatureCache:
+        names = [s.name for s in seqs]
+        if path.is_file():
+            data = torch.load(path, weights_only=True)
+            if data["names"] == names:
+                return cls(data["levels"], data["Y"], data["valid"], [tuple(x) for x in data["index"]])
+        total = sum(len(s.frames) for s in seqs)
+        first = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
+        h, w = first.shape[:2]
+        ph, pw = padded_size(h, w)
+        shapes = [(32, ph // 8, pw // 8), (96, ph // 16, pw // 16), (320, ph // 32, pw // 32)]
+        levels = [torch.empty(total, *s, dtype=torch.float16) for s in shapes]
+        Y = torch.empty(total, (ph // 8) * (pw // 8), 2, dtype=torch.float16)
+        valid = torch.empty(total, (ph // 8) * (pw // 8), dtype=torch.float16)
+        index, row = [], 0
+        model = model.eval().to(memory_format=torch.channels_last)
+        task = progress.add_task("caching trunk features", total=total) if progress else None
+        for seq in seqs:
+            index.append((seq.name, row, len(seq.frames)))
+            for frame, mask in zip(seq.frames, seq.masks, strict=True):
+                image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
+                labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
+                if image.shape[:2] != (h, w):
+                    raise ValueError(f"{frame} is not {w}x{h}; the feature cache needs one frame size")
+                with torch.inference_mode():
+                    out = model.trunk(model.preprocess(image[None]))
+                    y, v = targets(labels[None], 2, (ph, pw), STRIDE)
+                for store, value in zip(levels, out, strict=True):
+                    store[row] = value[0].half()
+                Y[row], valid[row] = y[0].half(), v[0].half()
+                row += 1
+                if progress:
+                    progress.advance(task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"names": names, "levels": levels, "Y": Y, "valid": valid, "index": index}, path)
+        return cls(levels, Y, valid, index)
+
+    def subset(self, names: list[str]) -> list[tuple[str, int, int]]:
+        return [entry for entry in self.index if entry[0] in names]
+
+
+def _crop_levels(
+    cache: FeatureCache, row: int, top: int, left: int, ch: int, cw: int, flip: bool
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Crop (in stride-32 cells) and optionally mirror one cached frame: levels, Y[h*w,2], valid[h*w]."""
+    out = []
+    for level, factor in zip(cache.levels, (4, 2, 1), strict=True):
+        t, l_, s_h, s_w = top * factor, left * factor, ch * factor, cw * factor
+        out.append(level[row, :, t : t + s_h, l_ : l_ + s_w])
+    gh, gw = cache.levels[0].shape[-2:]
+    Y = cache.Y[row].view(gh, gw, 2)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
+    valid = cache.valid[row].view(gh, gw)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
+    if flip:
+        out = [x.flip(-1) for x in out]
+        Y, valid = Y.flip(1), valid.flip(1)
+    return out, Y.reshape(-1, 2), valid.reshape(-1)
+
+
+def sample_batch(
+    cache: FeatureCache, videos: list[tuple[str, int, int]], config: TrainConfig, rng: random.Random
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``."""
+    ch, cw = config.crop
+    H, W = cache.levels[2].shape[-2:]
+    ch, cw = min(ch, H), min(cw, W)
+    levels: list[list[Tensor]] = [[], [], []]
+    ys, vs = [], []
+    for _ in range(config.batch):
+        _, start, count = rng.choice(videos)
+        query = rng.randrange(count)
+        lo, hi = max(0, query - config.max_gap), min(count - 1, query + config.max_gap)
+        picks = [start + rng.randint(lo, hi) for _ in range(config.refs)] + [start + query]
+        ey, ev = [], []
+        for row in picks:
+            # a crop that holds part of the object where possible (random otherwise)
+            top, left = rng.randint(0, H - ch), rng.randint(0, W - cw)
+            lv, y, v = _crop_levels(cache, row, top, left, ch, cw, rng.random() < 0.5)
+            for store, x in zip(levels, lv, strict=True):
+                store.append(x)
+            ey.append(y)
+            ev.append(v)
+        ys.append(torch.stack(ey))
+        vs.append(torch.stack(ev))
+    return [torch.stack(s).float() for s in levels], torch.stack(ys).float(), torch.stack(vs).float()
+
+
+# ------------------------------------------------------------------------------------------ model pieces
+def trainable_levels(model: Embedder, levels: list[Tensor], stages: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Recompute the trained trunk stages from the cached inputs below them (with gradients)."""
+    f8, f16, f32 = levels
+    if stages >= 2:
+        f16 = model.trunk.level16(f8)
+    if stages >= 1:
+        f32 = model.trunk.level32(f16)
+    return f8, f16, f32
+
+
+def episode_loss(
+    model: Embedder, levels: list[Tensor], Y: Tensor, valid: Tensor, config: TrainConfig
+) -> tuple[Tensor, Tensor]:
+    """BCEWithLogits of the query predicted through the solve; returns ``(loss, IoU per episode)``."""
+    b, frames = Y.shape[:2]
+    X = model.embed(trainable_levels(model, levels, config.train_stages))  # [b*frames, C, h, w]
+    X = X.flatten(2).transpose(1, 2).unflatten(0, (b, frames))  # [b, frames, N, C]
+    ref_X, ref_Y, ref_v = X[:, :-1].flatten(1, 2), Y[:, :-1].flatten(1, 2), valid[:, :-1].flatten(1, 2)
+    weights = solver.balanced_weights(ref_Y, ref_v)
+    W = solver.fit(ref_X, ref_Y, model.lam, weights, config.blocks)  # [b, C, 2]
+    logits = model.logits(solver.predict(X[:, -1], W))  # [b, N, 2]
+    q_Y, q_v = Y[:, -1], valid[:, -1]
+    bce = F.binary_cross_entropy_with_logits(logits, q_Y, reduction="none").mean(-1)
+    loss = (bce * q_v).sum() / q_v.sum().clamp_min(1)
+    with torch.no_grad():
+        pred = (logits[..., 1] > logits[..., 0]).float()
+        gt = (q_Y[..., 1] > 0.5).float()
+        inter = (pred * gt * q_v).sum(-1)
+        union = ((pred + gt).clamp(max=1) * q_v).sum(-1)
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return loss, iou
+
+
+def train_one_epoch(
+    model: Embedder,
+    optimizer: torch.optim.Optimizer,
+    cache: FeatureCache,
+    videos: list[tuple[str, int, int]],
+    config: TrainConfig,
+    rng: random.Random,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    progress: Any = None,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    device = device or torch.device("cpu")
+    model.train()
+    task = progress.add_task("epoch", total=config.steps) if progress else None
+    losses, ious = [], []
+    for step in range(config.steps):
+        levels, Y, valid = sample_batch(cache, videos, config, rng)
+        levels = [x.to(device) for x in levels]
+        loss, iou = episode_loss(model, levels, Y.to(device), valid.to(device), config)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+        ious.append(iou.mean().item())
+        if progress:
+            progress.update(
+                task,
+                advance=1,
+                description=f"loss {np.mean(losses[-20:]):.4f} "
+                f"IoU {np.mean(ious[-20:]):.3f} lam {model.lam.item():.2f}",
+            )
+    if progress:
+        progress.remove_task(task)
+    return {"loss": float(np.mean(losses)), "iou": float(np.mean(ious))}
+
+
+def evaluate_episodes(
+    model: Embedder,
+    cache: FeatureCache,
+    videos: list[tuple[str, int, int]],
+    config: TrainConfig,
+    every: int = 5,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Held-out check: W from each video's first frame, mean IoU (stride-8 grid) on every ``every``-th frame."""
+    device = device or torch.device("cpu")
+    model.eval()
+    ious = []
+    with torch.no_grad():
+        for _, start, count in videos:
+            rows = [start, *range(start + every, start + count, every)]
+            levels = [lv[rows].float().to(device) for lv in cache.levels]
+            Y = cache.Y[rows].float().to(device)
+            valid = cache.valid[rows].float().to(device)
+            X = model.embed(trainable_levels(model, levels, config.train_stages)).flatten(2).transpose(1, 2)
+            W = solver.fit(X[0], Y[0], model.lam, solver.balanced_weights(Y[0], valid[0]), config.blocks)
+            P = solver.predict(X[1:], W)
+            pred = (P[..., 1] > P[..., 0]).float()
+            gt = (Y[1:, :, 1] > 0.5).float()
+            v = valid[1:]
+            inter, union = (pred * gt * v).sum(-1), ((pred + gt).clamp(max=1) * v).sum(-1)
+            ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean().item())
+    return {"val_iou": float(np.mean(ious))}
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
+    params = [*model.head.parameters(), model.log_lam, model.scale, model.offset]
+    if stages >= 1:
+        params += list(model.trunk.level32.parameters())
+    if stages >= 2:
+        params += list(model.trunk.level16.parameters())
+    return params
+
+
+def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
+    """Train (or resume) and write ``<out>/last.pt`` every epoch and ``<out>/best.pt`` on validation gains."""
+    device = torch.device(config.device)
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    seqs = sequences(config.davis, "train")
+    names = sorted(s.name for s in seqs)
+    held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
+    model = Embedder(ModelConfig(config.channels, config.width, config.lam))
+    model.trunk.load_imagenet()
+    start_epoch, best, history = 0, -1.0, []
+    optimizer_state = scheduler_state = None
+    if config.resume is not None:
+        payload = load_checkpoint(config.resume)
+        model = Embedder(ModelConfig(**payload["config"]))
+        model.load_state_dict(payload["model"])
+        start_epoch, best = payload["epoch"] + 1, payload.get("best", -1.0)
+        history = payload.get("history", [])
+        optimizer_state, scheduler_state = payload.get("optimizer"), payload.get("scheduler")
+        rng.setstate(_rng_state(payload.get("rng")))
+        log(f"resuming {config.resume} at epoch {start_epoch}")
+    cache = FeatureCache.build(model, seqs, config.cache / "davis2016_train.pt", progress)
+    model.to(device)
+    train_videos = [v for v in cache.index if v[0] not in held]
+    val_videos = [v for v in cache.index if v[0] in held]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = _parameters(model, config.train_stages)
+    for p in params:
+        p.requires_grad_(True)
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be sgd or adamw, got {config.optimizer!r}")
+    total = config.epochs * config.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    config.out.mkdir(parents=True, exist_ok=True)
+    log(f"train {len(train_videos)} videos, held out {held}; {sum(p.numel() for p in params):,} trained parameters")
+    for epoch in range(start_epoch, config.epochs):
+        tic = time.perf_counter()
+        stats = train_one_epoch(model, optimizer, cache, train_videos, config, rng, scheduler, progress, device)
+        stats.update(evaluate_episodes(model, cache, val_videos, config, device=device) if val_videos else {})
+        stats.update(epoch=epoch, seconds=time.perf_counter() - tic, lam=model.lam.item())
+        history.append(stats)
+        log(json.dumps(stats))
+        score = stats.get("val_iou", -stats["loss"])
+        extra = {
+            "epoch": epoch,
+            "best": max(best, score),
+            "history": history,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_payload(rng),
+            "train_config": _plain(asdict(config)),
+        }
+        save_checkpoint(config.out / "last.pt", model, **extra)
+        if score > best:
+            best = score
+            save_checkpoint(config.out / "best.pt", model, **extra)
+    return config.out / "best.pt"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _rng_payload(rng: random.Random) -> list[Any]:
+    version, state, gauss = rng.getstate()
+    return [version, list(state), gauss]
+
+
+def _rng_state(payload: list[Any] | None) -> tuple[Any, ...]:
+    if payload is None:
+        return random.Random(0).getstate()
+    return (payload[0], tuple(payload[1]), payload[2])
+
+
+def distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
