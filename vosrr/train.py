@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
@@ -223,6 +224,12 @@ def train_one_epoch(
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -282,8 +289,17 @@ def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
 def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     """Train (or resume) and write ``<out>/last.pt`` every epoch and ``<out>/best.pt`` on validation gains."""
     device = torch.device(config.device)
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:  # launched by torchrun: one process per GPU (or CPU worker), gradients averaged
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if rank != 0:
+        progress, log = None, _silent
+    rng = random.Random(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
     seqs = sequences(config.davis, "train")
     names = sorted(s.name for s in seqs)
     held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
@@ -300,7 +316,13 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
         optimizer_state, scheduler_state = payload.get("optimizer"), payload.get("scheduler")
         rng.setstate(_rng_state(payload.get("rng")))
         log(f"resuming {config.resume} at epoch {start_epoch}")
-    cache = FeatureCache.build(model, seqs, config.cache / "davis2016_train.pt", progress)
+    cache_path = config.cache / "davis2016_train.pt"
+    if rank == 0:
+        cache = FeatureCache.build(model, seqs, cache_path, progress)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        cache = FeatureCache.build(model, seqs, cache_path)
     model.to(device)
     train_videos = [v for v in cache.index if v[0] not in held]
     val_videos = [v for v in cache.index if v[0] in held]
@@ -330,6 +352,8 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     for epoch in range(start_epoch, config.epochs):
         tic = time.perf_counter()
         stats = train_one_epoch(model, optimizer, cache, train_videos, config, rng, scheduler, progress, device)
+        if rank != 0:
+            continue
         stats.update(evaluate_episodes(model, cache, val_videos, config, device=device) if val_videos else {})
         stats.update(epoch=epoch, seconds=time.perf_counter() - tic, lam=model.lam.item())
         history.append(stats)
@@ -372,5 +396,5 @@ def _rng_state(payload: list[Any] | None) -> tuple[Any, ...]:
     return (payload[0], tuple(payload[1]), payload[2])
 
 
-def distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def _silent(message: str) -> None:
+    del message
