@@ -54,7 +54,7 @@ def test_gradcheck_through_the_solve() -> None:
     X, Y, w = _problem(n=30, c=6, k=2, seed=4)
     lam = torch.tensor(3.0, dtype=torch.float64)
     inputs = (X.requires_grad_(), Y.requires_grad_(), lam.requires_grad_())
-    assert torch.autograd.gradcheck(lambda x, y, l: solver.fit(x, y, l, w, 2), inputs)
+    assert torch.autograd.gradcheck(lambda x, y, lam_: solver.fit(x, y, lam_, w, 2), inputs)
     Xd, Yd = X[:4].detach().requires_grad_(), Y[:4].detach().requires_grad_()
     assert torch.autograd.gradcheck(lambda x, y: solver.fit_dual(x, y, 1.5, w[:4]), (Xd, Yd))
 

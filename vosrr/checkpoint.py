@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,57 +41,90 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (torch's messages run over many lines and advise unsafe loading)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unsafe = [line for line in lines if "nsupported" in line]
+    text = unsafe[0] if unsafe else " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` beside ``path``, then rename over it: ``path`` is never half-written."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: Path, model: Embedder, **extra: Any) -> str:
     """Write ``{"format", "config", "model", **extra}`` atomically, then ``<path>.sha256``; returns the digest.
 
     ``extra`` may hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
-    the file loads with ``weights_only=True``.
+    the file loads with ``weights_only=True``. The old checksum goes first, so an interrupted save
+    never leaves a checksum that does not match its checkpoint.
     """
+    path = Path(path)
     payload = {"format": FORMAT, "config": asdict(model.config), "model": model.state_dict(), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    check = _checksum_path(path)
+    check.unlink(missing_ok=True)
+    _atomic(path, lambda tmp: torch.save(payload, tmp))
     digest = sha256(path)
-    _checksum_path(path).write_text(f"{digest}  {path.name}\n")
+    _atomic(check, lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
     return digest
 
 
 def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
-    """Read a checkpoint dict safely; raise ``WeightsError`` with a clear message on any problem."""
+    """Read a checkpoint dict safely; raise ``WeightsError`` with a clear message on any problem.
+
+    Only tensors and plain containers are ever unpickled (``weights_only=True``): a file crafted to run
+    code when unpickled is refused, not executed.
+    """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {path}; pass an existing checkpoint with --weights")
     check = _checksum_path(path)
     if verify and check.is_file():
-        expected = check.read_text().split()[0] if check.read_text().strip() else ""
-        actual = sha256(path)
+        words = check.read_text(errors="replace").split()
+        expected, actual = (words[0].lower() if words else ""), sha256(path)
         if expected != actual:
             raise WeightsError(
-                f"checksum mismatch for {path}: expected {expected[:12]}..., got {actual[:12]}... "
-                "(the file is truncated or altered; restore it, e.g. with `git checkout -- weights/`)"
+                f"checksum mismatch for {path}: {check.name} says {expected[:12] or 'nothing'}, the file is "
+                f"{actual[:12]}; the file is truncated or altered: restore it (e.g. `git checkout -- weights/`)"
             )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"cannot load weights {path}: not a safe vosrr checkpoint ({first})") from error
+        reason = (
+            "refused: it holds objects other than tensors, which could run code when loaded"
+            if "nsupported" in str(error)
+            else "the file is corrupt or not a PyTorch checkpoint"
+        )
+        raise WeightsError(
+            f"cannot load weights {path}: {reason} ({_one_line(error)}); use a checkpoint written by vosrr"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a vosrr checkpoint (expected format {FORMAT!r})")
+        raise WeightsError(
+            f"{path} is not a vosrr checkpoint (expected format {FORMAT!r}); use one written by `vosrr train`"
+        )
+    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
+        raise WeightsError(f"{path} is an incomplete vosrr checkpoint (no config or model); use another one")
     return payload
 
 
 def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> tuple[Embedder, dict[str, Any]]:
     """Build phi from a checkpoint (the shipped one by default), in eval mode on ``device``."""
-    payload = load_checkpoint(path or DEFAULT_WEIGHTS)
+    path = Path(path or DEFAULT_WEIGHTS)
+    payload = load_checkpoint(path)
     try:
         model = Embedder(ModelConfig(**payload["config"]))
         model.load_state_dict(payload["model"], strict=True)
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
-        raise WeightsError(f"{path or DEFAULT_WEIGHTS} does not match the vosrr architecture: {error}") from error
+        raise WeightsError(
+            f"{path} does not match the vosrr architecture ({_one_line(error)}); "
+            "use a checkpoint from this version of vosrr"
+        ) from error
     return model.to(device).eval(), payload

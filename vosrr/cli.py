@@ -17,11 +17,13 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from vosrr.checkpoint import DEFAULT_WEIGHTS, WeightsError, load_model
 from vosrr.davis import DavisError
+from vosrr.davis import sequences as davis_sequences
 from vosrr.masks import MaskError
 from vosrr.pipeline import OutputError, Outputs, segment_video
 from vosrr.segmenter import SegmentConfig, Segmenter
@@ -33,20 +35,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fast semi-supervised video object segmentation by closed-form ridge regression.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # soft wrap: an error is one line, however narrow
 T = TypeVar("T")
 
 
 class ExitCode(enum.IntEnum):
+    """What ``vosrr`` exits with; every failure also prints one ``error:`` line saying what to do."""
+
     OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    INPUT = 3
-    WEIGHTS = 4
-    OUTPUT = 5
-    DEVICE = 6
-    DATASET = 7
-    INTERRUPTED = 130
+    INTERNAL = 1  # a bug: rerun with --debug and report the traceback
+    USAGE = 2  # a bad option or option value
+    INPUT = 3  # the video or the mask cannot be used (also: a stream that breaks part way)
+    WEIGHTS = 4  # the checkpoint is missing, corrupt, unsafe, of another architecture or fails its checksum
+    OUTPUT = 5  # the output folder cannot be used or written
+    DEVICE = 6  # the device asked for is absent, or memory ran out
+    DATASET = 7  # the DAVIS folder is missing or incomplete
+    INTERRUPTED = 130  # Ctrl-C: the frames done so far are written in full
 
 
 _ERRORS: tuple[tuple[type[BaseException], ExitCode], ...] = (
@@ -58,8 +62,13 @@ _ERRORS: tuple[tuple[type[BaseException], ExitCode], ...] = (
 )
 
 
+def _say(message: str, label: str = "") -> None:
+    """One line on stderr; ``message`` is plain text (never parsed as markup: paths may hold brackets)."""
+    console.print(f"{label} {escape(message)}" if label else escape(message), highlight=False)
+
+
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    _say(" ".join(message.strip().splitlines()), "[bold red]error:[/]")  # one line, always
     raise typer.Exit(int(code))
 
 
@@ -70,7 +79,7 @@ def _guard(debug: bool, job: Callable[[], T]) -> T:
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        _fail(ExitCode.INTERRUPTED, "interrupted")
+        _fail(ExitCode.INTERRUPTED, "interrupted; files already written are complete, none is half-written")
     except torch.cuda.OutOfMemoryError as error:
         if debug:
             raise
@@ -84,9 +93,16 @@ def _guard(debug: bool, job: Callable[[], T]) -> T:
         for kind, code in _ERRORS:
             if isinstance(error, kind):
                 _fail(code, str(error))
+        if isinstance(error, MemoryError) or "can't allocate memory" in str(error):
+            _fail(ExitCode.DEVICE, "out of memory; try --max-side 640 (or a smaller one)")
         if isinstance(error, OSError) and error.strerror:
-            _fail(ExitCode.OUTPUT, f"{error.strerror}: {error.filename or ''}".rstrip(": "))
-        _fail(ExitCode.INTERNAL, f"unexpected {type(error).__name__}: {error} (rerun with --debug for details)")
+            where = f": {error.filename}" if error.filename else ""
+            _fail(
+                ExitCode.OUTPUT,
+                f"{error.strerror}{where}; check that path (permissions, free disk space) or choose another --out",
+            )
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _fail(ExitCode.INTERNAL, f"unexpected {type(error).__name__}: {first} (rerun with --debug for details)")
 
 
 def pick_device(name: str) -> torch.device:
@@ -96,8 +112,14 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         _fail(ExitCode.USAGE, f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda", "mps"):
+        _fail(ExitCode.USAGE, f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        _fail(ExitCode.DEVICE, "--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        _fail(ExitCode.DEVICE, f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        _fail(ExitCode.DEVICE, f"there is no {name} ({torch.cuda.device_count()} GPU(s)); use cuda:0 or --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        _fail(ExitCode.DEVICE, "--device mps was asked for but MPS is not available; use --device cpu")
     return device
 
 
@@ -161,13 +183,16 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
     config = _segment_config(lam, blocks, online, max_side)
-    target = out or video.with_name(f"{video.stem}_vosrr")
+    base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
+    target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
     dev = pick_device(device)
 
-    def job() -> None:
+    def load() -> Segmenter:  # called by segment_video once the video and the mask are known to be good
         model, _ = load_model(weights, dev)
-        segmenter = Segmenter(model, config, dev)
+        return Segmenter(model, config, dev)
+
+    def job() -> None:
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -189,23 +214,23 @@ def segment(
                 progress.update(task, completed=index + 1, fps=(index + 1) / elapsed)
 
             summary = segment_video(
-                segmenter, video, mask, outputs, resize_mask=resize_mask, fps=fps, on_start=started, on_frame=advanced
+                load, video, mask, outputs, resize_mask=resize_mask, fps=fps, on_start=started, on_frame=advanced
             )
+        if summary.frames == 0:  # interrupted in the first frame: the output folder was not kept
+            _fail(ExitCode.INTERRUPTED, "interrupted before the first frame; nothing was written")
         for note in summary.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
-        written = [str(outputs.mask_dir) + "/" if masks else None, str(outputs.overlay_path) if overlay else None]
-        console.print(
+            _say(note, "[yellow]note:[/]")
+        parts = ([f"{outputs.mask_dir}/"] if masks else []) + ([str(outputs.overlay_path)] if overlay else [])
+        written = ", ".join(parts) or "nothing written (--no-masks --no-overlay)"
+        rate = 1 / max(summary.seconds_per_frame, 1e-9)
+        _say(
             f"{summary.frames} frames, {summary.objects} object(s), {dev.type}, "
-            f"{summary.seconds_per_frame:.3f} s/frame ({1 / max(summary.seconds_per_frame, 1e-9):.1f} fps) -> "
-            + ", ".join(w for w in written if w),
-            highlight=False,
+            f"{summary.seconds_per_frame:.3f} s/frame ({rate:.1f} fps) -> {written}"
         )
         if summary.stopped_at:
-            console.print(
-                f"[yellow]warning:[/] {summary.stopped_at}; the frames before it were written", highlight=False
-            )
+            _fail(ExitCode.INPUT, f"{summary.stopped_at}; the {summary.frames} frames before are written ({written})")
         if summary.interrupted:
-            _fail(ExitCode.INTERRUPTED, f"interrupted after {summary.frames} frames; those are written")
+            _fail(ExitCode.INTERRUPTED, f"interrupted after {summary.frames} frames; those are written ({written})")
 
     _guard(debug, job)
 
@@ -265,10 +290,15 @@ def train(
 
     def job() -> None:
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
         ) as progress:
-            best = run_training(config, progress, log=lambda m: progress.console.print(m, highlight=False))
-        console.print(f"best checkpoint: {best}")
+            best = run_training(config, progress, log=lambda m: _say(str(m)))
+        _say(f"best checkpoint: {best}")
 
     _guard(debug, job)
 
@@ -296,6 +326,7 @@ def evaluate_cmd(
     dev = pick_device(device)
 
     def job() -> None:
+        davis_sequences(davis, split)  # a bad DAVIS folder fails before the model loads
         model, _ = load_model(weights, dev)
         segmenter = Segmenter(model, config, dev)
         names = [s.strip() for s in sequences.split(",")] if sequences else None
@@ -340,11 +371,12 @@ def evaluate_cmd(
 def bench(
     video: Annotated[Path | None, typer.Argument(help="Video or frame folder (default: the shipped sample).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="First-frame mask (default: the sample's).")] = None,
-    frames: Annotated[int, typer.Option(help="Frames to time (the video loops if shorter).")] = 60,
-    runs: Annotated[int, typer.Option(help="Repetitions; medians are reported.")] = 3,
+    frames: Annotated[int, typer.Option(min=1, help="Frames to time (the video loops if shorter).")] = 60,
+    runs: Annotated[int, typer.Option(min=1, help="Repetitions; medians are reported.")] = 3,
     out: Annotated[Path, typer.Option(help="JSON file for the numbers.")] = Path("runs/bench.json"),
     weights: Weights = None,
     device: Device = "auto",
+    max_side: MaxSide = None,
     solve_only: Annotated[
         bool, typer.Option("--solve-only", help="Only the block-splitting table (paper Table 2).")
     ] = False,
@@ -353,15 +385,16 @@ def bench(
     """Time every stage per frame, end-to-end s/frame, peak memory, and the k-block solve (paper Table 2)."""
     from vosrr.bench import run_bench
 
+    config = _segment_config(None, 1, 0.0, max_side)
     dev = pick_device(device)
-    _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console()))
+    _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console(), config=config))
 
 
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        console.print("[bold red]error:[/] interrupted")
+        _say("interrupted", "[bold red]error:[/]")
         sys.exit(int(ExitCode.INTERRUPTED))
 
 

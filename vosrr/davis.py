@@ -22,23 +22,30 @@ class Sequence:
     masks: tuple[Path, ...]
 
 
+def _sequence_name(line: str) -> str:
+    """``/JPEGImages/480p/bear/00000.jpg /Annotations/...`` (DAVIS 2016) or ``bear`` (DAVIS 2017) -> ``bear``."""
+    first = line.split()[0].strip("/")
+    return first.split("/")[-2] if "/" in first else first
+
+
 def sequences(root: Path, split: str, resolution: str = "480p") -> list[Sequence]:
     """The sequences of ``split`` (``train``, ``val``, or ``trainval``), each with matching frames and masks."""
     root = Path(root)
+    hint = "pass --davis pointing at the DAVIS 2016 root (with JPEGImages/, Annotations/ and ImageSets/)"
     if not root.is_dir():
-        raise DavisError(f"DAVIS folder not found: {root}")
+        raise DavisError(f"DAVIS folder not found: {root}; {hint}")
     names: list[str] = []
     for part in ("train", "val") if split == "trainval" else (split,):
         listing = root / "ImageSets" / resolution / f"{part}.txt"
         if not listing.is_file():
-            raise DavisError(f"split file missing: {listing} (is {root} a DAVIS 2016 folder?)")
-        for line in listing.read_text().split("\n"):
-            if line.strip():
-                name = line.split()[0].strip("/").split("/")[-2]
-                if name not in names:
-                    names.append(name)
+            others = sorted(p.stem for p in listing.parent.glob("*.txt"))
+            fix = f"use --split {' or '.join(others)}" if others else hint
+            raise DavisError(f"split file missing: {listing}; {fix}")
+        for line in listing.read_text(errors="replace").splitlines():
+            if line.strip() and (name := _sequence_name(line)) not in names:
+                names.append(name)
     if not names:
-        raise DavisError(f"split {split!r} of {root} lists no sequences")
+        raise DavisError(f"split {split!r} of {root} lists no sequences; restore its ImageSets/{resolution}/ files")
     found = []
     for name in names:
         image_dir = root / "JPEGImages" / resolution / name
@@ -46,11 +53,18 @@ def sequences(root: Path, split: str, resolution: str = "480p") -> list[Sequence
         if not image_dir.is_dir():
             continue  # listed but not present (a subset of DAVIS)
         frames = tuple(sorted(image_dir.glob("*.jpg")))
+        if not frames:
+            raise DavisError(f"sequence {name}: no .jpg frames in {image_dir}; restore them or remove the folder")
         masks = tuple(mask_dir / (f.stem + ".png") for f in frames)
         missing = [m.name for m in masks if not m.is_file()]
         if missing:
-            raise DavisError(f"sequence {name}: {len(missing)} annotation(s) missing in {mask_dir}, first {missing[0]}")
+            raise DavisError(
+                f"sequence {name}: {len(missing)} annotation(s) missing in {mask_dir}, first {missing[0]}; "
+                "restore them from the DAVIS archive"
+            )
         found.append(Sequence(name, frames, masks))
     if not found:
-        raise DavisError(f"none of the {len(names)} sequences of split {split!r} are in {root / 'JPEGImages'}")
+        raise DavisError(
+            f"none of the {len(names)} sequences of split {split!r} are in {root / 'JPEGImages' / resolution}; {hint}"
+        )
     return found

@@ -8,7 +8,7 @@ carry the user's own object ids (0/255 stays 0/255, palette index 3 stays 3).
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,88 +67,104 @@ def davis_palette(n: int = 256) -> list[tuple[int, int, int]]:
 
 def _interior_values(values: np.ndarray) -> np.ndarray:
     """Values that fill at least one whole 3x3 neighbourhood: real labels, not anti-aliasing ramps."""
-    v = values
-    same = np.ones(v.shape, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            same &= v == np.roll(np.roll(v, dy, axis=0), dx, axis=1)
-    found = np.unique(v[same])
-    return found if found.size else np.unique(v)
+    padded = np.pad(values, 1, mode="edge")
+    height, width = values.shape
+    same = np.ones(values.shape, dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            same &= values == padded[dy : dy + height, dx : dx + width]
+    found = np.unique(values[same])
+    return found if found.size else np.unique(values)
 
 
-def _snap(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Map every value to the nearest of ``keep`` (1-D arrays of the same kind)."""
-    keep = np.sort(keep)
-    pos = np.clip(np.searchsorted(keep, values), 1, max(len(keep) - 1, 1))
-    if len(keep) == 1:
-        return np.full_like(values, keep[0])
-    lo, hi = keep[pos - 1], keep[pos]
-    return np.where(np.abs(values.astype(np.int64) - lo) <= np.abs(hi.astype(np.int64) - values), lo, hi)
+def _snap_grey(values: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Grey values strictly between two real values (ramps) -> the nearest real one; others are kept."""
+    pos = np.clip(np.searchsorted(real, values), 1, len(real) - 1)
+    lo, hi = real[pos - 1], real[pos]
+    ramp = (values > real[0]) & (values < real[-1]) & ~np.isin(values, real)
+    nearest = np.where(values.astype(np.int64) - lo <= hi.astype(np.int64) - values, lo, hi)
+    return np.where(ramp, nearest, values)
+
+
+def _snap_colours(packed: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Packed 0xRRGGBB colours -> the nearest (Euclidean RGB) of the ``real`` colours."""
+    used, inverse = np.unique(packed, return_inverse=True)
+
+    def rgb(v: np.ndarray) -> np.ndarray:
+        return np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], -1).astype(np.float32)
+
+    distance = ((rgb(used)[:, None] - rgb(real)[None]) ** 2).sum(-1)
+    return real[distance.argmin(1)][inverse].reshape(packed.shape)
+
+
+def _open(path: Path) -> tuple[np.ndarray, str, list[int] | None]:
+    """``(pixels, kind, palette)``: kind is ``palette`` (indices), ``grey`` (values) or ``colour`` (0xRRGGBB)."""
+    if not path.exists():
+        raise MaskError(f"mask not found: {path}; pass the first frame's mask PNG with --mask")
+    if not path.is_file():
+        raise MaskError(f"mask {path} is a folder, not an image; pass the first frame's mask PNG with --mask")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "LA"):  # indices or grey values (transparent pixels are background)
+                bands = np.asarray(image).reshape(image.height, image.width, -1)
+                values = np.where(bands[..., -1] > 0, bands[..., 0], 0) if bands.shape[-1] == 2 else bands[..., 0]
+                return values, "grey" if image.mode == "LA" else "palette", image.getpalette()
+            if image.mode not in ("RGB", "RGBA"):
+                return np.asarray(image.convert("L")), "grey", None
+            rgba = np.asarray(image.convert("RGBA")).astype(np.int64)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise MaskError(f"cannot read mask {path}: not an image ({error}); pass a PNG mask with --mask") from error
+    r, g, b, a = (rgba[..., i] for i in range(4))
+    if np.all((r == g) & (g == b)):
+        return np.where(a > 0, b, 0), "grey", None  # a grey mask saved as RGB
+    return np.where(a > 0, (r << 16) | (g << 8) | b, 0), "colour", None
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, MaskFormat]:
     """Read a mask PNG -> ``(labels[H,W] uint8 in 0..K, MaskFormat)``.
 
     Accepts palette PNGs (index = object id), grey PNGs (each value an id: 0/255 binary or 0,1,2,...),
-    and RGB(A) colour masks (each colour an object, black = background). Anti-aliased edges, whose
-    values fill no interior, are snapped to the nearest real value and reported in ``notes``.
+    and RGB(A) colour masks (each colour an object, black = background; DAVIS palette colours keep
+    their DAVIS ids). Anti-aliased edges of grey and colour masks, values that fill no interior, are
+    snapped to the nearest real value and reported in ``notes``; palette indices are taken as they are.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            palette = image.getpalette() if mode == "P" else None
-            if mode == "P":
-                values = np.asarray(image)
-            elif mode in ("RGB", "RGBA", "LA"):
-                values = None
-                rgb = np.asarray(image.convert("RGBA" if mode != "LA" else "LA"))
-            else:
-                values = np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise MaskError(f"cannot read mask {path}: not an image ({error})") from error
+    values, kind, palette = _open(path)
     notes: list[str] = []
-    if values is None:
-        if rgb.shape[-1] == 2:  # LA: grey plus alpha
-            grey = np.where(rgb[..., 1] > 0, rgb[..., 0], 0)
-            values, colours = grey, None
-        else:
-            alpha = rgb[..., 3] > 0
-            packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-            packed = np.where(alpha, packed, 0)
-            if np.all((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])):
-                values, colours = packed & 0xFF, None  # a grey image saved as RGB
-            else:
-                values, colours = packed, True
-    else:
-        colours = None
-    real = _interior_values(values)
-    if not np.array_equal(real, np.unique(values)):
-        values = _snap(values, real)
-        notes.append(f"{path.name}: edge values that are not object ids were snapped to the nearest id")
-    ids = [int(v) for v in np.unique(values) if v != 0]
-    if not ids:
-        raise MaskError(f"mask {path} is empty: it marks no object (all pixels are 0)")
-    if len(ids) > MAX_OBJECTS:
-        raise MaskError(f"mask {path} has {len(ids)} object ids; vosrr takes at most {MAX_OBJECTS}")
-    lookup = {0: 0, **{v: i + 1 for i, v in enumerate(ids)}}
-    labels = np.zeros(values.shape, dtype=np.uint8)
-    for value, label in lookup.items():
-        labels[values == value] = label
-    if colours:
-        rgbs = [(0, 0, 0)] + [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in ids]
-        out_ids = tuple(range(len(ids) + 1))
-        notes.append(f"{path.name}: {len(ids)} colours mapped to object ids 1..{len(ids)}")
-        return labels, MaskFormat(out_ids, tuple(rgbs), tuple(notes))
+    if kind != "palette":
+        real = _interior_values(values)
+        snapped = _snap_grey(values, real) if kind == "grey" else _snap_colours(values, real)
+        if not np.array_equal(snapped, values):
+            values = snapped
+            notes.append(f"{path.name}: anti-aliased edge values were snapped to the nearest object id")
+    found = [int(v) for v in np.unique(values) if v != 0]
+    if not found:
+        raise MaskError(f"mask {path} is empty: it marks no object (all pixels are 0); draw the objects to track")
+    if len(found) > MAX_OBJECTS:
+        raise MaskError(
+            f"mask {path} has {len(found)} object ids; vosrr takes at most {MAX_OBJECTS} "
+            "(merge objects, or save the mask without anti-aliasing or JPEG compression)"
+        )
     base = davis_palette()
     if palette is not None:
         flat = list(palette) + [0] * (768 - len(palette))
-        base = [tuple(flat[3 * i : 3 * i + 3]) for i in range(256)]  # type: ignore[misc]
-    out_ids = (0, *ids)
-    return labels, MaskFormat(out_ids, tuple(base[i % 256] for i in out_ids), tuple(notes))
+        base = [(flat[3 * i], flat[3 * i + 1], flat[3 * i + 2]) for i in range(256)]
+    if kind == "colour":
+        colours = [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in found]
+        davis = {c: i for i, c in enumerate(base)}
+        ids = [davis[c] for c in colours] if all(c in davis for c in colours) else list(range(1, len(found) + 1))
+        order = np.argsort(ids)
+        found, ids = [found[i] for i in order], [ids[i] for i in order]
+        rgbs = [(0, 0, 0)] + [colours[i] for i in order]
+        named = ", ".join(f"{i} {c}" for i, c in zip(ids, rgbs[1:], strict=True))
+        notes.append(f"{path.name}: {len(found)} colours mapped to object ids ({named})")
+    else:
+        ids, rgbs = found, [base[0]] + [base[v] for v in found]
+    labels = np.zeros(values.shape, dtype=np.uint8)
+    for label, value in enumerate(found, start=1):
+        labels[values == value] = label
+    return labels, MaskFormat((0, *ids), tuple(rgbs), tuple(notes))
 
 
 def write_mask(path: Path, labels: np.ndarray, fmt: MaskFormat) -> None:
@@ -163,16 +179,20 @@ def write_mask(path: Path, labels: np.ndarray, fmt: MaskFormat) -> None:
 
 
 def atomic_save(path: Path, image: Image.Image) -> None:
-    """Save a PIL image to ``path`` through a temporary file in the same folder, then rename."""
+    """Save a PIL image to ``path`` through a temporary file in the same folder, then rename.
+
+    The temporary file is created like any other file (the umask applies), so the result has the
+    usual permissions; it never outlives a failed save.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         image.save(tmp, format="PNG", compress_level=1)
         os.replace(tmp, path)
+    except OSError as error:  # name the file the user will look for, not the temporary one
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -6,9 +6,10 @@ nothing holds more than a few frames, so memory is flat in the video's length.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,12 @@ import numpy as np
 
 from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, read_mask, write_mask
 from vosrr.segmenter import Segmenter
-from vosrr.video import OverlayWriter, VideoError, VideoInfo, open_video, prefetch
+from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
 
-__all__ = ["OutputError", "Outputs", "Summary", "prepare_output", "segment_video"]
+__all__ = ["MAX_FULL_SIDE", "OutputError", "Outputs", "Summary", "prepare_output", "segment_video"]
 
-
-class OutputError(OSError):
-    """The output folder cannot be used; the message says why and what to do."""
+#: longest frame side processed at full size without ``--max-side`` (larger frames would exhaust memory)
+MAX_FULL_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -60,28 +60,45 @@ class Summary:
         return self.seconds / max(1, self.frames)
 
 
-def prepare_output(outputs: Outputs) -> None:
-    """Create the output folder; refuse one that already holds vosrr results unless ``force``. Deletes nothing."""
+def prepare_output(outputs: Outputs) -> list[Path]:
+    """Create the output folder; refuse one that already holds anything unless ``force``. Deletes nothing.
+
+    Returns the folders it created (outermost first), so a run that writes nothing can remove them again.
+    """
     folder = outputs.folder
+    other = "choose another folder with --out"
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"output path {folder} exists and is not a folder; choose another with --out")
-    clash = [p for p in (outputs.mask_dir, outputs.overlay_path) if p.exists()]
-    if folder.exists() and any(folder.iterdir()) and not outputs.force:
+        raise OutputError(f"output path {folder} exists and is not a folder; {other}")
+    if folder.is_dir() and any(folder.iterdir()) and not outputs.force:
         raise OutputError(
             f"output folder {folder} is not empty; use --force to overwrite vosrr's files in it "
-            "(other files are never touched) or choose another with --out"
+            f"(other files are never touched) or {other}"
         )
-    if clash and outputs.force and outputs.mask_dir.exists() and not outputs.mask_dir.is_dir():
-        raise OutputError(f"{outputs.mask_dir} exists and is not a folder")
+    if outputs.masks and outputs.mask_dir.exists() and not outputs.mask_dir.is_dir():
+        raise OutputError(f"{outputs.mask_dir} exists and is not a folder; move it away or {other}")
+    if outputs.overlay and outputs.overlay_path.is_dir():
+        raise OutputError(f"{outputs.overlay_path} is a folder; move it away or {other}")
+    wanted = [*reversed(folder.parents), folder, *([outputs.mask_dir] if outputs.masks else [])]
+    created = [p for p in dict.fromkeys(wanted) if not p.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if outputs.masks:
-            outputs.mask_dir.mkdir(exist_ok=True)
-        probe = folder / ".vosrr-write-test"
+        for path in created:
+            path.mkdir()
+        probe = folder / f".vosrr-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OutputError(f"cannot write to {folder}: {error.strerror or error}") from error
+        _remove_empty(created)
+        raise OutputError(f"cannot write to {folder}: {error.strerror or error}; {other}") from error
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created, innermost first, as long as they are still empty."""
+    for path in reversed(folders):
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def load_reference(mask_path: Path, info: VideoInfo, resize: bool) -> tuple[np.ndarray, MaskFormat]:
@@ -96,12 +113,15 @@ def load_reference(mask_path: Path, info: VideoInfo, resize: bool) -> tuple[np.n
         labels = cv2.resize(labels, (info.width, info.height), interpolation=cv2.INTER_NEAREST)
         fmt = MaskFormat(fmt.ids, fmt.palette, (*fmt.notes, f"mask resized to {info.width}x{info.height}"))
         if labels.max() == 0:
-            raise MaskError(f"mask {mask_path} has no object left after resizing to the video's size")
+            raise MaskError(
+                f"mask {mask_path} has no object left after resizing to {info.width}x{info.height}; "
+                "draw the mask at the video's size"
+            )
     return labels, fmt
 
 
 def segment_video(
-    segmenter: Segmenter,
+    segmenter: Segmenter | Callable[[], Segmenter],
     video: Path,
     mask: Path,
     outputs: Outputs,
@@ -111,15 +131,67 @@ def segment_video(
     on_start: Callable[[VideoInfo, int], None] | None = None,
     on_frame: Callable[[int], None] | None = None,
 ) -> Summary:
-    """Run the whole job. ``on_start(info, objects)`` and ``on_frame(index)`` let a caller show progress."""
-    info, frames = open_video(video, fps)
+    """Run the whole job. ``on_start(info, objects)`` and ``on_frame(index)`` let a caller show progress.
+
+    ``segmenter`` may be a function that builds one: it is then called only once the video and the mask
+    have been checked, so bad input fails fast, before a model is loaded. Nothing is written before the
+    first frame has decoded. A stream that breaks part way, or a Ctrl-C, ends the run early: the frames
+    before it are written in full and the ``Summary`` says so (``stopped_at``, ``interrupted``); a run that
+    ends before its first frame removes the folders it created.
+    """
+    info, decoded = open_video(video, fps)
     labels, fmt = load_reference(mask, info, resize_mask)
-    prepare_output(outputs)
-    summary = Summary(objects=fmt.num_objects, notes=list(fmt.notes))
+    if not isinstance(segmenter, Segmenter):
+        segmenter = segmenter()
+    side = max(info.width, info.height)
+    if segmenter.config.max_side is None and side > MAX_FULL_SIDE:
+        raise VideoError(
+            f"{video} is {info.width}x{info.height}, too large to process at full size (over {MAX_FULL_SIDE} "
+            f"pixels on the longer side); pass --max-side 1280 (masks are still written at full size)"
+        )
+    frames = prefetch(decoded)
+    try:
+        first = next(frames, None)
+        if first is None:
+            raise VideoError(f"{video} holds no frames; give a video with at least one frame")
+        if first.shape[:2] != labels.shape:
+            raise VideoError(
+                f"the first frame of {video} is {first.shape[1]}x{first.shape[0]}, but the video reported "
+                f"{info.width}x{info.height}; re-encode the video"
+            )
+        created = prepare_output(outputs)
+        summary = Summary(objects=fmt.num_objects, notes=list(fmt.notes))
+        try:
+            _run(segmenter, first, frames, labels, fmt, outputs, info, summary, on_start, on_frame)
+        finally:
+            if summary.frames == 0:
+                _remove_empty(created)
+        expected = info.frames or 0
+        if not (summary.interrupted or summary.stopped_at) and summary.frames < 0.9 * expected - 1:
+            summary.notes.append(
+                f"{video} gave {summary.frames} frames, its header announces about {expected}: it may be truncated"
+            )
+    finally:
+        frames.close()
+    return summary
+
+
+def _run(
+    segmenter: Segmenter,
+    first: np.ndarray,
+    frames: Iterator[np.ndarray],
+    labels: np.ndarray,
+    fmt: MaskFormat,
+    outputs: Outputs,
+    info: VideoInfo,
+    summary: Summary,
+    on_start: Callable[[VideoInfo, int], None] | None,
+    on_frame: Callable[[int], None] | None,
+) -> None:
+    """The frame loop: segment, queue each mask for the PNG thread and each overlay frame for the encoder."""
     colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
     if on_start:
         on_start(info, fmt.num_objects)
-    frames = prefetch(frames)
     tic = time.perf_counter()
     pending: deque[Future[None]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool, _maybe_writer(outputs, info) as writer:
@@ -136,12 +208,6 @@ def segment_video(
                 on_frame(index)
 
         try:
-            first = next(frames)
-            if first.shape[:2] != labels.shape:
-                raise VideoError(
-                    f"the first frame is {first.shape[1]}x{first.shape[0]}, "
-                    f"the video reported {info.width}x{info.height}"
-                )
             state = segmenter.start(first, labels, fmt.num_objects)
             emit(0, first, labels)
             for frame in frames:
@@ -153,11 +219,15 @@ def segment_video(
             if summary.frames == 0:
                 raise
             summary.stopped_at = str(error)
+        except BaseException:
+            for future in pending:  # a failure (a full disk, say): write nothing more
+                future.cancel()
+            raise
         finally:
-            while pending:
-                pending.popleft().result()
+            while pending:  # every mask still queued is complete before the summary counts it
+                if not (future := pending.popleft()).cancelled():
+                    future.result()
     summary.seconds = time.perf_counter() - tic
-    return summary
 
 
 class _NoWriter:

@@ -148,7 +148,7 @@ def balanced_weights(Y: Tensor, valid: Tensor | None = None, eps: float = 1.0) -
     """
     v = torch.ones_like(Y[..., 0]) if valid is None else valid.to(Y.dtype)
     counts = (Y * v.unsqueeze(-1)).sum(-2, keepdim=True)  # [..., 1, K]
-    present = (counts > 0).to(Y.dtype).sum(-1, keepdim=True)  # [..., 1, 1]
+    present = (counts > 0).to(Y.dtype).sum(-1, keepdim=True).clamp_min(1)  # [..., 1, 1]
     total = v.sum(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
     per_class = total / (present * (counts + eps))  # [..., 1, K]
     return (Y * per_class).sum(-1) * v

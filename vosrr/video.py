@@ -6,8 +6,12 @@ overlap with the network instead of adding to it, and memory stays flat however 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import re
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ import numpy as np
 __all__ = [
     "FRAME_SUFFIXES",
     "VIDEO_SUFFIXES",
+    "OutputError",
     "OverlayWriter",
     "VideoError",
     "VideoInfo",
@@ -31,10 +36,15 @@ __all__ = [
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FPS = 24.0
+_WHAT_TO_GIVE = f"give a video file ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames"
 
 
 class VideoError(ValueError):
-    """The video cannot be read or written; the message says why."""
+    """The video cannot be read; the message says why and what to do."""
+
+
+class OutputError(OSError):
+    """An output cannot be written; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -55,35 +65,43 @@ def _frame_files(folder: Path) -> list[Path]:
 def _read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise VideoError(f"cannot decode frame {path}")
+        raise VideoError(f"cannot decode frame {path}: not a readable image; replace or remove it")
     return _to_rgb(image, bgr=True)
 
 
 def _to_rgb(image: np.ndarray, bgr: bool) -> np.ndarray:
+    """Any 8/16-bit grey, grey+alpha, colour or colour+alpha image -> ``[H,W,3]`` uint8 RGB (alpha dropped)."""
     if image.dtype != np.uint8:
-        image = (image / max(1, np.iinfo(image.dtype).max) * 255).astype(np.uint8) if image.dtype.kind == "u" else image
-        image = image.astype(np.uint8)
+        top = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else max(1.0, float(image.max()))
+        image = np.clip(image.astype(np.float32) * (255 / top), 0, 255).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        image = image[:, :, 0]
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
+    image = image[:, :, :3]
     if bgr:
         image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
 
 
-def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    """Open a video file or a folder of frames -> ``(info, frames)``; frames are ``[H,W,3]`` uint8 RGB.
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
-    The iterator decodes lazily. A stream that breaks part way raises ``VideoError`` naming the frame.
+
+def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+    """Open a video file, a folder of frames or one image -> ``(info, frames)``; frames are ``[H,W,3]`` uint8 RGB.
+
+    The iterator decodes lazily. A stream that breaks part way (or decodes no frame at all) raises
+    ``VideoError`` naming how many frames came out first.
     """
     path = Path(path)
     if not path.exists():
-        raise VideoError(f"video not found: {path}")
+        raise VideoError(f"video not found: {path}; check the path")
     if path.is_dir():
         files = _frame_files(path)
         if not files:
-            raise VideoError(f"folder {path} holds no frames ({', '.join(FRAME_SUFFIXES)})")
+            raise VideoError(f"folder {path} holds no frames ({', '.join(FRAME_SUFFIXES)}); {_WHAT_TO_GIVE}")
         first = _read_image(files[0])
         info = VideoInfo(path, first.shape[1], first.shape[0], fps or DEFAULT_FPS, len(files))
 
@@ -94,7 +112,7 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
                 if frame.shape[:2] != first.shape[:2]:
                     raise VideoError(
                         f"frame {file.name} is {frame.shape[1]}x{frame.shape[0]}, "
-                        f"the first is {first.shape[1]}x{first.shape[0]}"
+                        f"the first is {first.shape[1]}x{first.shape[0]}; all frames must have one size"
                     )
                 yield frame
 
@@ -105,28 +123,54 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         meta: dict[str, Any] = reader.__next__()
-    except (OSError, RuntimeError, StopIteration) as error:
-        raise VideoError(f"cannot read {path} as a video: {str(error).strip().splitlines()[-1]}") from error
-    width, height = (int(v) for v in meta["size"])
+        reader.close()
+        width, height = (int(v) for v in meta["size"])
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError, TypeError) as error:
+        text = str(error)
+        if any(s in text for s in ("received no packets", "does not contain any stream", "matches no streams")):
+            raise VideoError(f"{path} holds no video frames (0 frames); {_WHAT_TO_GIVE}") from error
+        reason = (
+            "moov atom not found: not a complete mp4/mov file" if "moov atom not found" in text else _last_line(text)
+        )
+        raise VideoError(f"cannot read {path} as a video ({reason}); {_WHAT_TO_GIVE}") from error
     rate = fps or float(meta.get("fps") or DEFAULT_FPS)
     duration = meta.get("duration")
     estimate = round(float(duration) * rate) if duration else None
-    info = VideoInfo(path, width, height, rate, estimate)
+    return VideoInfo(path, width, height, rate, estimate), _decode(path, width, height)
 
-    def frames_from_file() -> Iterator[np.ndarray]:
-        count = 0
+
+def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
+    """Frames of a video file from one ffmpeg process; any decoding error ffmpeg reports ends it with ``VideoError``."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path)]
+    command += ["-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+    size, count, raw = width * height * 3, 0, b""
+    with tempfile.TemporaryFile() as log:
+        # its own session: a Ctrl-C reaches Python (which stops cleanly), not the decoder mid-stream
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        assert process.stdout is not None
         try:
-            for raw in reader:
+            while len(raw := process.stdout.read(size)) == size:
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()
                 count += 1
-        except (OSError, RuntimeError) as error:
-            raise VideoError(
-                f"{path}: the stream breaks after frame {count}: {str(error).strip().splitlines()[-1]}"
-            ) from error
+            process.wait()
         finally:
-            reader.close()
-
-    return info, frames_from_file()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        log.seek(0)
+        problems = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line) for line in log.read().decode(errors="replace").splitlines()]
+    problem = next((p for p in problems if p.strip()), None)
+    if problem is None and process.returncode:
+        problem = f"ffmpeg exited with status {process.returncode}"
+    if problem is None and raw:
+        problem = "the last frame is incomplete"
+    if problem is not None:
+        if count == 0:
+            raise VideoError(f"cannot decode any frame of {path} ({problem}); the file is corrupt or not a video")
+        raise VideoError(f"{path}: decoding stopped after {count} frames ({problem}); the file is truncated or corrupt")
+    if count == 0:
+        raise VideoError(f"{path} holds no video frames; {_WHAT_TO_GIVE}")
 
 
 _DONE = object()
@@ -146,6 +190,10 @@ def prefetch(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarra
             slots.put(_DONE)
         except BaseException as error:  # handed to the consumer
             slots.put(error)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # ends a decoder process left half-read
 
     thread = threading.Thread(target=work, name="vosrr-decode", daemon=True)
     thread.start()
@@ -170,13 +218,15 @@ class OverlayWriter:
     """Encode frames to an H.264 mp4 in a background thread; the file appears (by rename) only when complete.
 
     Use as a context manager; ``write(frame)`` queues a frame, or a callable returning one (so the
-    blending also runs off the main thread).
+    blending also runs off the main thread). Odd frame sizes are padded by one pixel (H.264 needs even
+    sizes). A run that stops early still leaves a playable video of the frames written so far; a failed
+    encoder leaves nothing.
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: float, depth: int = 8) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.size = (width, height)
+        self.size = (width + width % 2, height + height % 2)
         self.fps = fps
         self.frames = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
@@ -188,8 +238,11 @@ class OverlayWriter:
         return self
 
     def _work(self) -> None:
-        writer = None
+        writer, item = None, None
         try:
+            item = self._queue.get()
+            if item is _DONE:
+                return  # no frame: no file
             writer = imageio_ffmpeg.write_frames(
                 str(self.tmp),
                 self.size,
@@ -203,29 +256,44 @@ class OverlayWriter:
                 output_params=["-preset", "veryfast"],
             )
             writer.send(None)
-            while (item := self._queue.get()) is not _DONE:
+            width, height = self.size
+            while item is not _DONE:
                 frame = item() if callable(item) else item
+                if frame.shape[:2] != (height, width):
+                    pad = ((0, height - frame.shape[0]), (0, width - frame.shape[1]), (0, 0))
+                    frame = np.pad(frame, pad, mode="edge")
                 writer.send(np.ascontiguousarray(frame))
                 self.frames += 1
+                item = self._queue.get()
+            writer.close()
         except BaseException as error:
             self._error = error
-            while self._queue.get() is not _DONE:  # drain so the producer never blocks
-                pass
-        finally:
+            while item is not _DONE:  # drain so the producer never blocks
+                item = self._queue.get()
             if writer is not None:
-                writer.close()
+                with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
+                    writer.close()
+
+    def _failure(self) -> OutputError:
+        return OutputError(
+            f"writing {self.path} failed ({_last_line(str(self._error))}); "
+            "check free disk space, or pass --no-overlay to skip the overlay"
+        )
 
     def write(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
         if self._error is not None:
-            raise VideoError(f"writing {self.path} failed: {self._error}") from self._error
+            raise self._failure() from self._error
         self._queue.put(frame)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._queue.put(_DONE)
-        self._thread.join()
+        try:
+            self._queue.put(_DONE)
+            self._thread.join()
+        finally:
+            done = not self._thread.is_alive() and self._error is None and self.frames > 0
+            if done and self.tmp.exists():
+                os.replace(self.tmp, self.path)  # an interrupted run still leaves a playable (shorter) video
+            else:
+                self.tmp.unlink(missing_ok=True)
         if self._error is not None and exc is None:
-            raise VideoError(f"writing {self.path} failed: {self._error}") from self._error
-        if self.frames and self.tmp.exists():
-            os.replace(self.tmp, self.path)  # an interrupted run still leaves a playable (shorter) video
-        elif self.tmp.exists():
-            self.tmp.unlink()
+            raise self._failure() from self._error

@@ -1,0 +1,195 @@
+"""Reading and writing frames: counts, sizes and frame rates survive; errors reach the reader; nothing partial."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_sample, write_video
+from PIL import Image
+
+from vosrr.video import DEFAULT_FPS, OutputError, OverlayWriter, VideoError, open_video, prefetch
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    frames, _ = make_sample.make_clip(7, 64, 96, 2, seed=11)
+    return frames
+
+
+def write_overlay(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    height, width = frames[0].shape[:2]
+    with OverlayWriter(path, width, height, fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return path
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_mp4_round_trip_keeps_count_size_and_fps(images, tmp_path: Path) -> None:
+    video = write_overlay(tmp_path / "out.mp4", images, fps=12.5)
+    info, frames = open_video(video)
+    assert (info.width, info.height, info.fps) == (96, 64, pytest.approx(12.5))
+    decoded = list(frames)
+    assert len(decoded) == len(images)
+    assert info.frames is not None and abs(info.frames - len(images)) <= 1  # an estimate from the header
+    assert all(f.shape == (64, 96, 3) and f.dtype == np.uint8 for f in decoded)
+    error = np.mean([np.abs(a.astype(float) - b).mean() for a, b in zip(decoded, images, strict=True)])
+    assert error < 6  # lossy, but the same pictures in the same order
+    assert hidden(tmp_path) == []
+
+
+def test_fps_option_overrides_the_stream(images, tmp_path: Path) -> None:
+    video = write_video(tmp_path / "in.mp4", images, fps=10)
+    assert open_video(video)[0].fps == pytest.approx(10)
+    assert open_video(video, fps=30)[0].fps == 30
+
+
+def test_frame_folder_round_trip(images, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    (folder / "notes.txt").write_text("ignored")
+    (folder / ".hidden.png").write_bytes(b"ignored too")
+    info, frames = open_video(folder)
+    assert (info.width, info.height, info.fps, info.frames) == (96, 64, DEFAULT_FPS, 7)
+    decoded = list(frames)
+    assert len(decoded) == 7
+    for a, b in zip(decoded, images, strict=True):
+        np.testing.assert_array_equal(a, b)  # PNG is lossless: exactly the frames
+    assert open_video(folder, fps=5)[0].fps == 5
+
+
+def test_single_image_is_a_one_frame_video(images, tmp_path: Path) -> None:
+    path = tmp_path / "still.png"
+    Image.fromarray(images[0]).save(path)
+    info, frames = open_video(path)
+    assert info.frames == 1
+    (only,) = list(frames)
+    np.testing.assert_array_equal(only, images[0])
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "I;16"])
+def test_grey_alpha_and_16_bit_frames_become_rgb(images, tmp_path: Path, mode: str) -> None:
+    grey = np.asarray(Image.fromarray(images[0]).convert("L"))
+    if mode == "I;16":
+        image = Image.fromarray(grey.astype(np.uint16) * 257)  # 16-bit PNG, full range
+    else:
+        image = Image.fromarray(images[0]).convert(mode)
+    image.save(tmp_path / "00000.png")
+    _, frames = open_video(tmp_path)
+    (frame,) = list(frames)
+    assert frame.shape == (64, 96, 3) and frame.dtype == np.uint8
+    expected = images[0] if mode == "RGBA" else np.repeat(grey[:, :, None], 3, axis=2)
+    np.testing.assert_allclose(frame, expected, atol=1)
+
+
+def test_frames_of_different_sizes_are_an_error(images, tmp_path: Path) -> None:
+    Image.fromarray(images[0]).save(tmp_path / "00000.png")
+    Image.fromarray(images[1][:32]).save(tmp_path / "00001.png")
+    _, frames = open_video(tmp_path)
+    next(frames)
+    with pytest.raises(VideoError, match=r"00001\.png is 96x32"):
+        next(frames)
+
+
+def test_truncated_file_raises_after_the_frames_that_decode(images, tmp_path: Path) -> None:
+    whole = write_video(tmp_path / "whole.mkv", images * 2)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    _, frames = open_video(cut)
+    got = []
+    with pytest.raises(VideoError, match=r"decoding stopped after \d+ frames") as error:
+        for frame in frames:
+            got.append(frame)
+    assert 0 < len(got) < 14
+    assert f"after {len(got)} frames" in str(error.value)
+
+
+def test_odd_sizes_are_padded_to_even_for_h264(images, tmp_path: Path) -> None:
+    odd = [f[:63, :95] for f in images[:3]]
+    video = write_overlay(tmp_path / "odd.mp4", odd, fps=24)
+    info, frames = open_video(video)
+    assert (info.width, info.height) == (96, 64)
+    decoded = list(frames)
+    assert len(decoded) == 3
+    assert np.abs(decoded[0][:63, :95].astype(float) - odd[0]).mean() < 6
+
+
+def test_writer_keeps_a_playable_video_when_the_run_stops(images, tmp_path: Path) -> None:
+    path = tmp_path / "overlay.mp4"
+    with pytest.raises(RuntimeError, match="stop"), OverlayWriter(path, 96, 64, 24) as writer:
+        for frame in images[:4]:
+            writer.write(lambda frame=frame: frame)  # a callable is evaluated in the encoder thread
+        raise RuntimeError("stop")
+    assert sum(1 for _ in open_video(path)[1]) == 4
+    assert hidden(tmp_path) == []
+
+
+def test_writer_with_no_frames_writes_nothing(tmp_path: Path) -> None:
+    with OverlayWriter(tmp_path / "overlay.mp4", 96, 64, 24):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_failure_is_an_output_error_and_leaves_nothing(images, tmp_path: Path) -> None:
+    path = tmp_path / "overlay.mp4"
+    with pytest.raises(OutputError, match=r"writing .*overlay\.mp4 failed"), OverlayWriter(path, 96, 64, 24) as writer:
+        writer.write(images[0])
+        writer.write(np.zeros((128, 128, 3), np.uint8))  # larger than 96x64: the encoder thread fails
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # later writes report the failure (or leaving the block does)
+            writer.write(images[0])
+            time.sleep(0.01)
+    assert not path.exists() and hidden(tmp_path) == []
+
+
+def _source(items: list[object], closed: list[bool]) -> Iterator[np.ndarray]:
+    try:
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        closed.append(True)
+
+
+def test_prefetch_keeps_order_and_propagates_errors(images) -> None:
+    closed: list[bool] = []
+    frames = prefetch(_source([images[0], images[1], VideoError("broken at 2")], closed), depth=1)
+    assert next(frames) is images[0]
+    assert next(frames) is images[1]
+    with pytest.raises(VideoError, match="broken at 2"):
+        next(frames)
+    assert closed == [True]
+
+
+def test_prefetch_propagates_interrupts(images) -> None:
+    frames = prefetch(_source([images[0], KeyboardInterrupt()], []))
+    assert next(frames) is images[0]
+    with pytest.raises(KeyboardInterrupt):
+        next(frames)
+
+
+def test_prefetch_stops_its_thread_when_the_reader_stops(images) -> None:
+    closed: list[bool] = []
+    frames = prefetch(_source(images * 20, closed), depth=2)
+    next(frames)
+    frames.close()  # the consumer gives up early: the producer must end and close its source
+    assert closed == [True]
+
+
+def test_prefetch_of_a_real_video_stops_the_decoder(images, tmp_path: Path) -> None:
+    video = write_video(tmp_path / "v.mp4", images)
+    _, decoded = open_video(video)
+    frames = prefetch(decoded, depth=1)
+    assert next(frames).shape == (64, 96, 3)
+    frames.close()
+    assert decoded.gi_frame is None  # the decoding generator finished: its ffmpeg process is gone
