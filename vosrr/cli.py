@@ -265,28 +265,31 @@ def train(
 
     _seed(seed)
     dev = pick_device(device)
-    config = TrainConfig(
-        davis=davis,
-        out=out,
-        channels=channels,
-        width=width,
-        lam=lam,
-        blocks=blocks,
-        train_stages=train_stages,
-        epochs=epochs,
-        steps=steps,
-        batch=batch,
-        refs=refs,
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        max_gap=max_gap,
-        holdout=holdout,
-        seed=seed,
-        device=str(dev),
-        cache=cache,
-        resume=resume,
-    )
+    try:
+        config = TrainConfig(
+            davis=davis,
+            out=out,
+            channels=channels,
+            width=width,
+            lam=lam,
+            blocks=blocks,
+            train_stages=train_stages,
+            epochs=epochs,
+            steps=steps,
+            batch=batch,
+            refs=refs,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_gap=max_gap,
+            holdout=holdout,
+            seed=seed,
+            device=str(dev),
+            cache=cache,
+            resume=resume,
+        )
+    except ValueError as error:
+        _fail(ExitCode.USAGE, str(error))
 
     def job() -> None:
         with Progress(

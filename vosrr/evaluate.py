@@ -37,7 +37,8 @@ def evaluate(
     if names:
         unknown = sorted(set(names) - {s.name for s in seqs})
         if unknown:
-            raise DavisError(f"not in {split} of {davis}: {', '.join(unknown)}")
+            available = ", ".join(s.name for s in seqs)
+            raise DavisError(f"not in {split} of {davis}: {', '.join(unknown)}; available: {available}")
         seqs = [s for s in seqs if s.name in names]
     gt_root = Path(davis) / "Annotations" / "480p"
     rows: dict[str, dict[str, float]] = {}

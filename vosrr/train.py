@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from vosrr import solver
-from vosrr.checkpoint import load_checkpoint, save_checkpoint
+from vosrr.checkpoint import WeightsError, load_checkpoint, save_checkpoint
 from vosrr.davis import Sequence, sequences
 from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
 from vosrr.masks import targets
@@ -66,6 +66,16 @@ class TrainConfig:
     resume: Path | None = None
     log_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.train_stages not in (0, 1, 2):
+            raise ValueError(f"--train-stages must be 0, 1 or 2, got {self.train_stages}")
+        if self.channels % self.blocks:
+            raise ValueError(f"--blocks {self.blocks} must divide --channels {self.channels}")
+        if min(self.epochs, self.steps, self.batch, self.refs) < 1:
+            raise ValueError("--epochs, --steps, --batch and --refs must be at least 1")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -304,7 +314,10 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     names = sorted(s.name for s in seqs)
     held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
     model = Embedder(ModelConfig(config.channels, config.width, config.lam))
-    model.trunk.load_imagenet()
+    try:
+        model.trunk.load_imagenet()
+    except FileNotFoundError as error:
+        raise WeightsError(str(error)) from error
     start_epoch, best, history = 0, -1.0, []
     optimizer_state = scheduler_state = None
     if config.resume is not None:
