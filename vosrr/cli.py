@@ -380,6 +380,9 @@ def bench(
     weights: Weights = None,
     device: Device = "auto",
     max_side: MaxSide = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's, one per core).")
+    ] = None,
     solve_only: Annotated[
         bool, typer.Option("--solve-only", help="Only the block-splitting table (paper Table 2).")
     ] = False,
@@ -390,6 +393,8 @@ def bench(
 
     config = _segment_config(None, 1, 0.0, max_side)
     dev = pick_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console(), config=config))
 
 

@@ -1,0 +1,589 @@
+"""``vosrr bench``: where the time and the memory of one video go.
+
+Every stage of the per-frame path is timed in isolation over the same frames (medians over runs):
+
+    decode -> preprocess -> backbone (trunk) -> head -> predict (X W) -> upsample + argmax
+           -> mask PNG -> overlay blend + encode
+
+then the real pipeline end to end (``segment_video``: decode, PNG and encoder threads overlapping with the
+network, masks and overlay written), its ratio to the bare network forward (trunk + head), and the peak
+memory. Last, the paper's Table 2: the one solve a video needs, at C = 800 and N = 60 x 107 pixels, for
+k = 1, 2, 4, 8 diagonal blocks.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import vosrr
+from vosrr import solver
+from vosrr.checkpoint import load_model
+from vosrr.masks import MaskError, davis_palette, overlay, write_mask
+from vosrr.pipeline import Outputs, load_reference, segment_video
+from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.video import FRAME_SUFFIXES, OverlayWriter, VideoError, VideoInfo, open_video
+
+__all__ = ["STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
+
+#: the per-frame stages, in the order a frame goes through them
+STAGES = (
+    "decode",
+    "preprocess",
+    "backbone",
+    "head",
+    "predict",
+    "upsample_argmax",
+    "mask_png",
+    "overlay_encode",
+)
+_STAGE_NAMES = {
+    "decode": "decode",
+    "preprocess": "preprocessing",
+    "backbone": "backbone (trunk)",
+    "head": "head",
+    "predict": "predict (X W)",
+    "upsample_argmax": "upsampling + argmax",
+    "mask_png": "mask PNG writing",
+    "overlay_encode": "overlay blend + encode",
+}
+#: paper Table 2: C = 800 channels, N = 60 x 107 feature pixels (a 480 x 856 frame at stride 8)
+TABLE2_CHANNELS = 800
+TABLE2_PIXELS = 60 * 107
+TABLE2_BLOCKS = (1, 2, 4, 8)
+_SAMPLES = Path(vosrr.__file__).resolve().parent.parent / "samples"
+_MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _per_call(fn: Callable[[int], object], count: int, device: torch.device) -> float:
+    """Seconds per call of ``fn(i)`` over ``count`` calls (device work included)."""
+    _sync(device)
+    tic = time.perf_counter()
+    for index in range(count):
+        fn(index)
+    _sync(device)
+    return (time.perf_counter() - tic) / count
+
+
+def _reps(fn: Callable[[int], object], device: torch.device, budget: float = 0.05) -> int:
+    """How many calls of ``fn`` make one measurement of about ``budget`` seconds (3 to 200)."""
+    once = _per_call(fn, 1, device)
+    return int(min(200, max(3, budget / max(once, 1e-6))))
+
+
+def _rss_peak_mib() -> float:
+    """The process's resident-set high-water mark (``getrusage``; KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / _MIB if sys.platform == "darwin" else peak / 1024
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the high-water mark to the current RSS (Linux >= 4.0), so a phase's own peak can be read."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _hwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("vosrr")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+# ----------------------------------------------------------------------------------------- input
+def _bench_input(video: Path, frames: int, folder: Path) -> Path:
+    """A copy of ``video`` with exactly ``frames`` frames (looping if shorter), so every run does the same work.
+
+    Frame folders (and single images) become folders of links, so their decode cost stays that of their own
+    files; video files are re-encoded (H.264, high quality) as they stream, never held in memory.
+    """
+    if video.is_dir() or video.suffix.lower() in FRAME_SUFFIXES:
+        files = (
+            sorted(p for p in video.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
+            if video.is_dir()
+            else [video]
+        )
+        if not files:  # open_video says why
+            open_video(video)
+        target = folder / "input"
+        target.mkdir()
+        for index in range(frames):
+            source = files[index % len(files)].resolve()
+            link = target / f"{index:05d}{source.suffix.lower()}"
+            try:
+                link.symlink_to(source)
+            except OSError:
+                shutil.copyfile(source, link)
+        return target
+    info, _ = open_video(video)
+    target = folder / "input.mp4"
+    writer = imageio_ffmpeg.write_frames(
+        str(target),
+        (info.width, info.height),
+        fps=info.fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=2,
+        quality=9,
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)
+    written = 0
+    try:
+        while written < frames:
+            _, decoded = open_video(video)
+            before = written
+            try:
+                for frame in decoded:
+                    writer.send(np.ascontiguousarray(frame))
+                    written += 1
+                    if written == frames:
+                        break
+            finally:
+                close = getattr(decoded, "close", None)
+                if close is not None:
+                    close()
+            if written == before:
+                raise VideoError(f"{video} holds no frames to benchmark")
+    finally:
+        writer.close()
+    return target
+
+
+def _first_frames(video: Path, count: int) -> tuple[VideoInfo, list[np.ndarray]]:
+    info, decoded = open_video(video)
+    kept: list[np.ndarray] = []
+    try:
+        for frame in decoded:
+            kept.append(frame)
+            if len(kept) == count:
+                break
+    finally:
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()
+    return info, kept
+
+
+# ----------------------------------------------------------------------------------------- stages
+def _time_stages(
+    segmenter: Segmenter,
+    source: Path,
+    mask: Path,
+    frames: int,
+    runs: int,
+    scratch: Path,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Each stage alone over ``frames`` frames (cycling through a few decoded ones), ``runs`` times."""
+    device = segmenter.device
+    model = segmenter.model
+    info, cache = _first_frames(source, min(frames, 8))
+    labels, fmt = load_reference(mask, info, resize=False)
+    if cache[0].shape[:2] != labels.shape:
+        raise MaskError(f"mask {mask} is {labels.shape[1]}x{labels.shape[0]}, the video {info.width}x{info.height}")
+    n = len(cache)
+    reference: list[float] = []
+    for _ in range(runs + 1):  # the first start() also warms the network up
+        _sync(device)
+        tic = time.perf_counter()
+        state = segmenter.start(cache[0], labels, fmt.num_objects)
+        _sync(device)
+        reference.append(time.perf_counter() - tic)
+    reference = reference[1:]
+    work = state.work_size
+
+    with torch.inference_mode():
+        images = [segmenter.image(frame, work) for frame in cache]
+        with segmenter.autocast():
+            levels = [model.trunk(image) for image in images]
+            embedded = [model.embed(level) for level in levels]
+        features = [X.flatten(2).transpose(1, 2)[0].float() for X in embedded]
+        scores = [segmenter.scores(state, X) for X in features]
+    outs = [segmenter.labels(state, P) for P in scores]
+    colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
+    masks_dir = scratch / "stage_masks"
+    masks_dir.mkdir(exist_ok=True)
+
+    def preprocess(i: int) -> None:
+        segmenter.image(cache[i % n], work)
+
+    def backbone(i: int) -> None:
+        with torch.inference_mode(), segmenter.autocast():
+            model.trunk(images[i % n])
+
+    def head(i: int) -> None:
+        with torch.inference_mode():
+            with segmenter.autocast():
+                X = model.embed(levels[i % n])
+            X.flatten(2).transpose(1, 2)[0].float()
+
+    def predict(i: int) -> None:
+        with torch.inference_mode():
+            segmenter.scores(state, features[i % n])
+
+    def upsample(i: int) -> None:
+        segmenter.labels(state, scores[i % n])
+
+    def png(i: int) -> None:
+        write_mask(masks_dir / f"{i:05d}.png", outs[i % n], fmt)
+
+    timed: dict[str, Callable[[int], None]] = {
+        "preprocess": preprocess,
+        "backbone": backbone,
+        "head": head,
+        "predict": predict,
+        "upsample_argmax": upsample,
+        "mask_png": png,
+    }
+    results: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for run in range(runs):
+        log(f"stages: run {run + 1}/{runs}")
+        # decode: the whole stream, as the pipeline's decode thread sees it (process start included)
+        tic = time.perf_counter()
+        _, decoded = open_video(source)
+        count = sum(1 for _ in decoded)
+        results["decode"].append((time.perf_counter() - tic) / max(1, count))
+        for stage, fn in timed.items():
+            if run == 0:
+                for i in range(min(2, frames)):  # warm-up (allocator, oneDNN / cuDNN kernel choice)
+                    fn(i)
+            results[stage].append(_per_call(fn, frames, device))
+        # overlay: blending in the encoder thread as in the pipeline; until the file is closed
+        path = scratch / f"overlay_{run}.mp4"
+        tic = time.perf_counter()
+        with OverlayWriter(path, info.width, info.height, info.fps) as writer:
+            for i in range(frames):
+                frame, out = cache[i % n], outs[i % n]
+                writer.write(lambda frame=frame, out=out: overlay(frame, out, colours))
+        results["overlay_encode"].append((time.perf_counter() - tic) / frames)
+        path.unlink(missing_ok=True)
+    shutil.rmtree(masks_dir, ignore_errors=True)
+    meta = {
+        "size": list(state.size),
+        "work_size": list(state.work_size),
+        "objects": fmt.num_objects,
+        "fps_in": info.fps,
+        "reference_s": _median(reference),
+    }
+    return results, meta
+
+
+def _end_to_end(
+    segmenter: Segmenter, source: Path, mask: Path, runs: int, scratch: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The real pipeline (masks and overlay written), ``runs`` times; its own peak memory."""
+    device = segmenter.device
+    seconds: list[float] = []
+    walls: list[float] = []
+    frames = 0
+    reset = _reset_rss_peak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for run in range(runs):
+        log(f"end to end: run {run + 1}/{runs}")
+        outputs = Outputs(scratch / f"e2e_{run}", masks=True, overlay=True)
+        tic = time.perf_counter()
+        summary = segment_video(segmenter, source, mask, outputs)
+        walls.append(time.perf_counter() - tic)
+        seconds.append(summary.seconds_per_frame)
+        frames = summary.frames
+        if summary.stopped_at:
+            raise RuntimeError(f"the benchmark video stopped early: {summary.stopped_at}")
+        shutil.rmtree(outputs.folder, ignore_errors=True)
+    s_per_frame = _median(seconds)
+    result: dict[str, Any] = {
+        "s_per_frame": s_per_frame,
+        "fps": 1.0 / max(s_per_frame, 1e-12),
+        "runs": seconds,
+        "frames": frames,
+        "wall_s": walls,
+        "peak_rss_mib": _hwm_mib() if reset else None,
+    }
+    if device.type == "cuda":
+        result["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
+    return result
+
+
+# ----------------------------------------------------------------------------------------- Table 2
+def solve_table(
+    device: torch.device,
+    runs: int = 3,
+    channels: int = TABLE2_CHANNELS,
+    pixels: int = TABLE2_PIXELS,
+    blocks: tuple[int, ...] = TABLE2_BLOCKS,
+    lam: float = 5.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paper Table 2: time of statistics + Cholesky solve and the memory of A's k blocks and their factor.
+
+    X is unit-norm features plus a bias channel, Y a one-object split (background / object, 1 in 10
+    pixels), class-balanced weights; float32. Memory is counted, not sampled: ``k (C/k)^2`` floats for
+    the blocks of A and as many for the Cholesky factor (X itself, ``N C`` floats, is the same for all k).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(pixels, channels - 1, generator=generator)
+    X = torch.cat([torch.nn.functional.normalize(X, dim=1), torch.ones(pixels, 1)], 1).to(device)
+    labels = (torch.rand(pixels, generator=generator) < 0.1).long().to(device)
+    Y = solver.one_hot(labels, 2)
+    w = solver.balanced_weights(Y)
+    rows = []
+    for k in blocks:
+        c = channels // k
+        stats_times: list[float] = []
+        solve_times: list[float] = []
+        peak = None
+        with torch.inference_mode():
+            stats = solver.statistics(X, Y, w, k)  # warm-up
+            solver.solve(stats, lam)
+            if device.type == "cuda":
+                _sync(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            stats_fn = lambda _, k=k: solver.statistics(X, Y, w, k)  # noqa: E731
+            solve_fn = lambda _, s=stats: solver.solve(s, lam)  # noqa: E731
+            stats_reps, solve_reps = _reps(stats_fn, device), _reps(solve_fn, device)
+            for _ in range(max(1, runs)):
+                stats_times.append(_per_call(stats_fn, stats_reps, device))
+                solve_times.append(_per_call(solve_fn, solve_reps, device))
+            if device.type == "cuda":
+                peak = (torch.cuda.max_memory_allocated(device) - base) / _MIB
+        floats = k * c * c
+        row = {
+            "blocks": k,
+            "block_size": c,
+            "statistics_ms": 1e3 * _median(stats_times),
+            "solve_ms": 1e3 * _median(solve_times),
+            "a_mib": floats * 4 / _MIB,
+            "factor_mib": floats * 4 / _MIB,
+        }
+        row["total_ms"] = row["statistics_ms"] + row["solve_ms"]
+        row["memory_mib"] = row["a_mib"] + row["factor_mib"]
+        if peak is not None:
+            row["cuda_measured_peak_mib"] = peak
+        rows.append(row)
+    return {
+        "channels": channels,
+        "pixels": pixels,
+        "dtype": "float32",
+        "x_mib": pixels * channels * 4 / _MIB,
+        "rows": rows,
+        "note": (
+            "the solve runs once per video (at the reference frame; again only when annotations or online "
+            "updates are added), so its cost is spread over all of the video's frames"
+        ),
+    }
+
+
+# ----------------------------------------------------------------------------------------- reporting
+def _print_stages(console: Console, result: dict[str, Any]) -> None:
+    stages = result["stages_s_per_frame"]
+    e2e = result["end_to_end"]["s_per_frame"]
+    h, w = result["size"]
+    table = Table(
+        title=(
+            f"per frame, {w}x{h}, {result['device']} ({result['device_name']}, {result['threads']} threads), "
+            f"{result['frames']} frames, median of {result['runs']}"
+        )
+    )
+    table.add_column("stage")
+    table.add_column("ms/frame", justify="right")
+    table.add_column("frames/s", justify="right")
+    table.add_column("of end to end", justify="right")
+    for stage in STAGES:
+        s = stages[stage]
+        table.add_row(_STAGE_NAMES[stage], f"{1e3 * s:.2f}", f"{1 / max(s, 1e-12):.1f}", f"{100 * s / e2e:.0f}%")
+    table.add_section()
+    forward = result["backbone_forward_s_per_frame"]
+    table.add_row("network forward (trunk + head)", f"{1e3 * forward:.2f}", f"{1 / forward:.1f}", "")
+    table.add_row(
+        "end to end (segment_video)",
+        f"{1e3 * e2e:.2f}",
+        f"{result['end_to_end']['fps']:.1f}",
+        "100%",
+        style="bold",
+    )
+    console.print(table)
+    memory = result["memory"]
+    lines = [
+        f"end to end / network forward: [bold]{result['end_to_end_over_backbone']:.2f}x[/]",
+        f"reference frame (features + statistics + solve, once per video): {1e3 * result['reference_s']:.1f} ms",
+        f"peak RSS: {memory['peak_rss_mib']:.0f} MiB for the whole benchmark"
+        + (
+            f", {memory['end_to_end_peak_rss_mib']:.0f} MiB during the end-to-end runs"
+            if memory.get("end_to_end_peak_rss_mib")
+            else ""
+        ),
+    ]
+    if memory.get("cuda_peak_allocated_mib") is not None:
+        lines.append(
+            f"CUDA peak allocated: {memory['cuda_peak_allocated_mib']:.0f} MiB "
+            f"({memory['cuda_end_to_end_peak_allocated_mib']:.0f} MiB end to end)"
+        )
+    for line in lines:
+        console.print(line)
+
+
+def _print_solve(console: Console, table2: dict[str, Any], device: str) -> None:
+    table = Table(
+        title=(
+            f"k-block solve (paper Table 2): C={table2['channels']}, N={table2['pixels']}, {table2['dtype']}, {device}"
+        )
+    )
+    for column in ("k", "block", "statistics ms", "Cholesky solve ms", "total ms", "A + factor MiB"):
+        table.add_column(column, justify="right")
+    for row in table2["rows"]:
+        table.add_row(
+            str(row["blocks"]),
+            f"{row['block_size']}x{row['block_size']}",
+            f"{row['statistics_ms']:.2f}",
+            f"{row['solve_ms']:.2f}",
+            f"{row['total_ms']:.2f}",
+            f"{row['memory_mib']:.2f}",
+        )
+    console.print(table)
+    console.print(f"note: {table2['note']}; X itself is {table2['x_mib']:.1f} MiB for every k.")
+
+
+# ----------------------------------------------------------------------------------------- entry point
+def run_bench(
+    video: Path | None,
+    mask: Path | None,
+    frames: int,
+    runs: int,
+    out: Path,
+    weights: Path | None,
+    device: torch.device,
+    solve_only: bool,
+    console: Console,
+    *,
+    config: SegmentConfig | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark, print its tables, write ``out`` (JSON) and return the same dict.
+
+    ``config`` sets the segmenter's options (default ``SegmentConfig()``: one exact solve, no online
+    updates, full resolution).
+    """
+    if frames < 1 or runs < 1:
+        raise ValueError(f"frames ({frames}) and runs ({runs}) must be at least 1")
+    device = torch.device(device)
+    if video is None:
+        video = _SAMPLES / "clip.mp4"
+        mask = mask or _SAMPLES / "clip_mask.png"
+    elif mask is None:
+        raise MaskError("--mask is needed with a video: the first-frame mask of the objects to segment")
+    result: dict[str, Any] = {
+        "vosrr": _version(),
+        "torch": torch.__version__,
+        "device": device.type,
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "frames": frames,
+        "runs": runs,
+    }
+
+    def log(message: str) -> None:
+        console.print(f"[dim]{message}[/]", highlight=False)
+
+    if not solve_only:
+        model, _ = load_model(weights, device)
+        segmenter = Segmenter(model, config or SegmentConfig(), device)
+        del model
+        result.update(
+            video=str(video),
+            mask=str(mask),
+            weights=str(weights) if weights else "default",
+            channels=segmenter.model.config.channels,
+            blocks=segmenter.config.blocks,
+            max_side=segmenter.config.max_side,
+            online=segmenter.config.online,
+            amp_dtype=str(segmenter.amp_dtype).removeprefix("torch.") if segmenter.amp_dtype else None,
+        )
+        with tempfile.TemporaryDirectory(prefix="vosrr-bench-") as tmp:
+            scratch = Path(tmp)
+            log(f"preparing {frames} frames of {video.name}")
+            source = _bench_input(Path(video), frames, scratch)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            per_run, meta = _time_stages(segmenter, source, Path(mask), frames, runs, scratch, log)
+            result.update(meta)
+            result["stages_s_per_frame"] = {stage: _median(values) for stage, values in per_run.items()}
+            result["stage_runs"] = per_run
+            stages = result["stages_s_per_frame"]
+            result["backbone_forward_s_per_frame"] = stages["backbone"] + stages["head"]
+            cuda_stage_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
+            e2e = _end_to_end(segmenter, source, Path(mask), runs, scratch, log)
+        result["end_to_end"] = e2e
+        result["end_to_end_over_backbone"] = e2e["s_per_frame"] / max(result["backbone_forward_s_per_frame"], 1e-12)
+        result["memory"] = {
+            "peak_rss_mib": _rss_peak_mib(),
+            "end_to_end_peak_rss_mib": e2e.get("peak_rss_mib"),
+            "cuda_peak_allocated_mib": (
+                max(cuda_stage_peak or 0.0, e2e["cuda_peak_allocated_mib"]) if device.type == "cuda" else None
+            ),
+            "cuda_end_to_end_peak_allocated_mib": e2e.get("cuda_peak_allocated_mib"),
+        }
+        _print_stages(console, result)
+    log("k-block solve (Table 2)")
+    result["solve_table"] = solve_table(device, runs=max(runs, 3))
+    _print_solve(console, result["solve_table"], device.type)
+    if solve_only:
+        result["memory"] = {"peak_rss_mib": _rss_peak_mib()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"results: {out}", highlight=False)
+    return result
