@@ -1,0 +1,102 @@
+"""Ablation on DAVIS 2016 val: several segmenter configurations from one feature pass per frame.
+
+    python benchmarks/ablation.py --davis PATH [--weights W] [--sequences a,b] [--out runs/ablation]
+
+Features are computed once per frame and shared; each configuration keeps its own ``VideoState`` and
+writes its own masks, which vos-benchmark then scores. Prints a table and writes ``results.json``.
+Configurations: block splitting k = 1, 2, 4, 8; class balancing off; online updates; the
+previous-mask window; guided-filter refinement; and the shipped default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from vosrr.checkpoint import load_model
+from vosrr.davis import sequences
+from vosrr.evaluate import score_sequence
+from vosrr.masks import read_mask, write_mask
+from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.video import open_video
+
+CONFIGS: dict[str, SegmentConfig] = {
+    "paper (k=1, balanced)": SegmentConfig(),
+    "k=2": SegmentConfig(blocks=2),
+    "k=4": SegmentConfig(blocks=4),
+    "k=8": SegmentConfig(blocks=8),
+    "no class balance": SegmentConfig(balance=False),
+    "online 0.1": SegmentConfig(online=0.1, confidence=0.9),
+    "online 0.3": SegmentConfig(online=0.3, confidence=0.9),
+    "window": SegmentConfig(window=1.0),
+    "window 2": SegmentConfig(window=2.0),
+    "window + online 0.1": SegmentConfig(window=1.0, online=0.1, confidence=0.9),
+    "refine": SegmentConfig(refine=True),
+    "window + refine": SegmentConfig(window=1.0, refine=True),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--davis", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--sequences", default=None)
+    parser.add_argument("--configs", default=None, help="comma-separated subset of the configuration names")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    args = parser.parse_args()
+    model, _ = load_model(args.weights)
+    names = list(CONFIGS) if args.configs is None else [n.strip() for n in args.configs.split(",")]
+    segs = {name: Segmenter(model, CONFIGS[name]) for name in names}
+    seqs = sequences(args.davis, "val")
+    if args.sequences:
+        wanted = set(args.sequences.split(","))
+        seqs = [s for s in seqs if s.name in wanted]
+    gt_root = args.davis / "Annotations" / "480p"
+    scores: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in names}
+    feature_seconds = 0.0
+    frames_total = 0
+    for seq in seqs:
+        labels, fmt = read_mask(seq.masks[0])
+        _, frames = open_video(seq.frames[0].parent)
+        first = next(frames)
+        states = {name: seg.start(first, labels, fmt.num_objects) for name, seg in segs.items()}
+        for name in names:
+            folder = args.out / name.replace(" ", "_") / seq.name
+            folder.mkdir(parents=True, exist_ok=True)
+            write_mask(folder / "00000.png", labels, fmt)
+        anyseg = next(iter(segs.values()))
+        for index, frame in enumerate(frames, 1):
+            tic = time.perf_counter()
+            X = anyseg.features(frame, states[names[0]].work_size)
+            feature_seconds += time.perf_counter() - tic
+            frames_total += 1
+            for name, seg in segs.items():
+                states[name], out = seg.advance(states[name], frame, X)
+                write_mask(args.out / name.replace(" ", "_") / seq.name / f"{index:05d}.png", out, fmt)
+        for name in names:
+            scores[name][seq.name] = score_sequence(gt_root, args.out / name.replace(" ", "_"), seq.name)
+        print(seq.name, {n: round(scores[n][seq.name][0], 1) for n in names}, flush=True)
+    table = {}
+    for name in names:
+        J = float(np.mean([j for j, _ in scores[name].values()]))
+        F = float(np.mean([f for _, f in scores[name].values()]))
+        table[name] = {
+            "J": J,
+            "F": F,
+            "JF": (J + F) / 2,
+            "config": asdict(CONFIGS[name]),
+            "sequences": {s: {"J": j, "F": f} for s, (j, f) in scores[name].items()},
+        }
+        print(f"{name:32s} J {J:5.1f}  F {F:5.1f}  J&F {(J + F) / 2:5.1f}")
+    print(f"feature pass: {feature_seconds / max(1, frames_total):.3f} s/frame over {frames_total} frames")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
