@@ -18,7 +18,15 @@ import torch
 
 from vosrr.embedding import Embedder, ModelConfig
 
-__all__ = ["DEFAULT_WEIGHTS", "WeightsError", "load_checkpoint", "load_model", "save_checkpoint", "sha256"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "WeightsError",
+    "export_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "sha256",
+]
 
 FORMAT = "vosrr-1"
 #: the checkpoint shipped in the repository's weights/ folder
@@ -128,3 +136,16 @@ def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> 
             "use a checkpoint from this version of vosrr"
         ) from error
     return model.to(device).eval(), payload
+
+
+#: what a training checkpoint holds beyond what inference needs
+TRAINING_ONLY = ("optimizer", "scheduler", "rng")
+
+
+def export_checkpoint(source: Path, target: Path) -> str:
+    """Write the inference part of a training checkpoint (model, config, training log) to ``target``."""
+    payload = load_checkpoint(source)
+    model = Embedder(ModelConfig(**payload["config"]))
+    model.load_state_dict(payload["model"], strict=True)
+    keep = {k: v for k, v in payload.items() if k not in (*TRAINING_ONLY, "format", "config", "model")}
+    return save_checkpoint(target, model, **keep)

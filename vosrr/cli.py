@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vosrr.checkpoint import DEFAULT_WEIGHTS, WeightsError, load_model
+from vosrr.checkpoint import DEFAULT_WEIGHTS, WeightsError, export_checkpoint, load_model
 from vosrr.davis import DavisError
 from vosrr.davis import sequences as davis_sequences
 from vosrr.masks import MaskError
@@ -396,6 +396,21 @@ def bench(
     if threads is not None:
         torch.set_num_threads(threads)
     _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console(), config=config))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (runs/train/best.pt).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the inference checkpoint.")] = DEFAULT_WEIGHTS,
+    debug: Debug = False,
+) -> None:
+    """Strip a training checkpoint to what `vosrr segment` needs and write it with its .sha256."""
+
+    def job() -> None:
+        digest = export_checkpoint(checkpoint, out)
+        _say(f"{out} ({out.stat().st_size / 2**20:.1f} MiB) sha256 {digest}")
+
+    _guard(debug, job)
 
 
 def main() -> None:
