@@ -1,0 +1,76 @@
+"""Shared fixtures: generated clips with exact ground truth, the shipped model, the DAVIS data when present."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+from vosrr.checkpoint import DEFAULT_WEIGHTS, load_model
+from vosrr.embedding import Embedder
+from vosrr.masks import davis_palette
+
+ROOT = Path(__file__).resolve().parent.parent
+DAVIS = ROOT.parent / "shared" / "davis2016"
+
+
+def _load_sample_module():  # samples/ is not a package; load its generator by path
+    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "samples" / "make_sample.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_sample", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_sample = _load_sample_module()
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Embedder:
+    assert DEFAULT_WEIGHTS.is_file(), f"the shipped checkpoint {DEFAULT_WEIGHTS} is missing"
+    model, _ = load_model(DEFAULT_WEIGHTS)
+    return model
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=2, quality=9, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def write_palette_mask(path: Path, labels: np.ndarray) -> Path:
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette([c for rgb in davis_palette() for c in rgb])
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Callable[..., tuple[Path, Path, list[np.ndarray]]]:
+    """``clip(frames, height, width, objects)`` -> (video.mp4, first-frame mask, ground-truth labels)."""
+
+    def make(frames: int = 8, height: int = 160, width: int = 288, objects: int = 2, seed: int = 0):
+        images, labels = make_sample.make_clip(frames, height, width, objects, seed)
+        video = write_video(tmp_path / "clip.mp4", images)
+        mask = write_palette_mask(tmp_path / "clip_mask.png", labels[0])
+        return video, mask, labels
+
+    return make
+
+
+def iou(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
+    a, b = prediction == label, truth == label
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0

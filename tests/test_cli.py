@@ -1,0 +1,91 @@
+"""End to end: `vosrr segment` on generated videos with the shipped weights, and the segmenter's API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import iou, make_sample, write_palette_mask
+from PIL import Image
+from typer.testing import CliRunner
+
+from vosrr.cli import app
+from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.video import open_video
+
+runner = CliRunner()
+
+
+def test_segment_writes_one_mask_per_frame_and_an_overlay(clip, tmp_path: Path) -> None:
+    video, mask, truth = clip(frames=8, height=240, width=432)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(video), "--mask", str(mask), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "8 frames, 2 object(s), cpu" in result.output
+    pngs = sorted((out / "masks").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(8)]
+    first = np.asarray(Image.open(pngs[0]))
+    np.testing.assert_array_equal(first, truth[0])  # frame 0 is the given mask, ids preserved
+    scores = [iou(np.asarray(Image.open(p)), truth[i], k) for i, p in enumerate(pngs[1:], 1) for k in (1, 2)]
+    assert np.mean(scores) > 0.75, scores
+    info, frames = open_video(out / "overlay.mp4")
+    assert (info.width, info.height) == (432, 240)
+    assert info.fps == pytest.approx(10.0)
+    assert sum(1 for _ in frames) == 8
+
+
+def test_segment_keeps_user_ids_and_honours_no_overlay(tmp_path: Path) -> None:
+    images, labels = make_sample.make_clip(5, 192, 320, 1, seed=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=95)
+    grey = tmp_path / "first.png"
+    Image.fromarray((labels[0] > 0).astype(np.uint8) * 255).save(grey)  # DAVIS 2016 style 0/255
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["segment", str(folder), "-m", str(grey), "-o", str(out), "--no-overlay",
+                                 "--blocks", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "overlay.mp4").exists()
+    last = np.asarray(Image.open(out / "masks" / "00004.png"))
+    assert set(np.unique(last)) <= {0, 255}
+    assert iou(last, labels[4] * 255, 255) > 0.7
+
+
+def test_more_annotations_and_online_updates_go_through_the_same_statistics(shipped_model) -> None:
+    images, labels = make_sample.make_clip(6, 128, 224, 2, seed=5)
+    base = Segmenter(shipped_model, SegmentConfig())
+    state = base.start(images[0], labels[0], 2)
+    more = base.add_annotation(state, images[3], labels[3])
+    torch_diff = (more.reference.A - state.reference.A).abs().sum().item()
+    assert torch_diff > 0 and more.W.shape == state.W.shape
+    # a correction with weights = 0 everywhere adds nothing
+    same = base.add_annotation(state, images[3], labels[3], weights=np.zeros(labels[3].shape, np.float32))
+    np.testing.assert_allclose(same.W.numpy(), state.W.numpy(), atol=1e-5)
+    online = Segmenter(shipped_model, SegmentConfig(online=1.0))
+    s = online.start(images[0], labels[0], 2)
+    outs = list(online.propagate(s, images[1:]))
+    assert len(outs) == 5 and all(o.shape == labels[0].shape for o in outs)
+    assert np.mean([iou(o, t, k) for o, t in zip(outs, labels[1:], strict=True) for k in (1, 2)]) > 0.7
+
+
+def test_max_side_processes_small_and_writes_full_size(shipped_model) -> None:
+    images, labels = make_sample.make_clip(3, 240, 400, 1, seed=1)
+    seg = Segmenter(shipped_model, SegmentConfig(max_side=200))
+    state = seg.start(images[0], labels[0], 1)
+    assert state.work_size == (120, 200)
+    _, out = seg.step(state, images[1])
+    assert out.shape == (240, 400)
+    assert iou(out, labels[1], 1) > 0.6
+
+
+def test_palette_mask_with_gaps_in_ids(tmp_path: Path, clip) -> None:
+    video, _, truth = clip(frames=3, objects=2)
+    remapped = np.choose(truth[0], [0, 3, 7]).astype(np.uint8)  # ids 3 and 7
+    mask = write_palette_mask(tmp_path / "ids.png", remapped)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["segment", str(video), "-m", str(mask), "-o", str(out), "--no-overlay"])
+    assert result.exit_code == 0, result.output
+    values = set(np.unique(np.asarray(Image.open(out / "masks" / "00002.png"))).tolist())
+    assert values <= {0, 3, 7} and {3, 7} <= values
