@@ -148,9 +148,19 @@ MaxSide = Annotated[
 ]
 
 
-def _segment_config(lam: float | None, blocks: int, online: float, max_side: int | None) -> SegmentConfig:
+Window = Annotated[
+    float,
+    typer.Option("--window", help="Keep each object within this many object-sizes of its last position (0 = off)."),
+]
+Refine = Annotated[
+    bool, typer.Option("--refine/--no-refine", help="Snap mask boundaries to image edges (guided filter).")
+]
+_DEFAULT = SegmentConfig()
+
+
+def _segment_config(**options: object) -> SegmentConfig:
     try:
-        return SegmentConfig(lam=lam, blocks=blocks, online=online, max_side=max_side)
+        return SegmentConfig(**options)  # type: ignore[arg-type]
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
 
@@ -166,7 +176,9 @@ def segment(
     device: Device = "auto",
     blocks: Blocks = 1,
     lam: Lam = None,
-    online: Online = 0.0,
+    online: Online = _DEFAULT.online,
+    window: Window = _DEFAULT.window,
+    refine: Refine = _DEFAULT.refine,
     max_side: MaxSide = None,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
@@ -182,7 +194,7 @@ def segment(
     debug: Debug = False,
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
-    config = _segment_config(lam, blocks, online, max_side)
+    config = _segment_config(lam=lam, blocks=blocks, online=online, window=window, refine=refine, max_side=max_side)
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
@@ -318,14 +330,16 @@ def evaluate_cmd(
     device: Device = "auto",
     blocks: Blocks = 1,
     lam: Lam = None,
-    online: Online = 0.0,
+    online: Online = _DEFAULT.online,
+    window: Window = _DEFAULT.window,
+    refine: Refine = _DEFAULT.refine,
     max_side: MaxSide = None,
     debug: Debug = False,
 ) -> None:
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
 
-    config = _segment_config(lam, blocks, online, max_side)
+    config = _segment_config(lam=lam, blocks=blocks, online=online, window=window, refine=refine, max_side=max_side)
     dev = pick_device(device)
 
     def job() -> None:
@@ -391,7 +405,7 @@ def bench(
     """Time every stage per frame, end-to-end s/frame, peak memory, and the k-block solve (paper Table 2)."""
     from vosrr.bench import run_bench
 
-    config = _segment_config(None, 1, 0.0, max_side)
+    config = _segment_config(max_side=max_side)
     dev = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
