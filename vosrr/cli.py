@@ -436,3 +436,7 @@ def main() -> None:
 
 
 __all__ = ["DEFAULT_WEIGHTS", "ExitCode", "app", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -329,6 +329,9 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
         optimizer_state, scheduler_state = payload.get("optimizer"), payload.get("scheduler")
         rng.setstate(_rng_state(payload.get("rng")))
         log(f"resuming {config.resume} at epoch {start_epoch}")
+    if world > 1:  # every rank starts from rank 0's weights (their random inits differ)
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
     cache_path = config.cache / "davis2016_train.pt"
     if rank == 0:
         cache = FeatureCache.build(model, seqs, cache_path, progress)
