@@ -50,7 +50,9 @@ STAGES = (
     "backbone",
     "head",
     "predict",
+    "window",
     "upsample_argmax",
+    "online",
     "mask_png",
     "overlay_encode",
 )
@@ -60,7 +62,9 @@ _STAGE_NAMES = {
     "backbone": "backbone (trunk)",
     "head": "head",
     "predict": "predict (X W)",
-    "upsample_argmax": "upsampling + argmax",
+    "window": "window prior",
+    "upsample_argmax": "upsampling + refinement + argmax",
+    "online": "online update (statistics + solve)",
     "mask_png": "mask PNG writing",
     "overlay_encode": "overlay blend + encode",
 }
@@ -274,8 +278,17 @@ def _time_stages(
         with torch.inference_mode():
             segmenter.scores(state, features[i % n])
 
+    def window(i: int) -> None:
+        if segmenter.config.window > 0 and state.previous is not None:
+            with torch.inference_mode():
+                segmenter.window(scores[i % n], state.previous)
+
     def upsample(i: int) -> None:
-        segmenter.labels(state, scores[i % n])
+        segmenter.labels(state, scores[i % n], cache[i % n])
+
+    def online(i: int) -> None:
+        if segmenter.config.online > 0:
+            segmenter._online(state, features[i % n], scores[i % n])
 
     def png(i: int) -> None:
         write_mask(masks_dir / f"{i:05d}.png", outs[i % n], fmt)
@@ -285,7 +298,9 @@ def _time_stages(
         "backbone": backbone,
         "head": head,
         "predict": predict,
+        "window": window,
         "upsample_argmax": upsample,
+        "online": online,
         "mask_png": png,
     }
     results: dict[str, list[float]] = {stage: [] for stage in STAGES}

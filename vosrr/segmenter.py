@@ -44,15 +44,15 @@ class SegmentConfig:
     """block-diagonal splitting of the C channels into this many blocks (paper Table 2: 1, 2, 4, 8)"""
     balance: bool = True
     """class-balanced pixel weights (every object weighs as much as the background)"""
-    online: float = 0.0
+    online: float = 0.1
     """weight of online updates from confident predictions (0: one solve from the reference only)"""
     decay: float = 0.8
     """how much of the online memory each new frame keeps"""
-    confidence: float = 0.8
+    confidence: float = 0.9
     """probability a predicted pixel needs to enter the online update"""
-    window: float = 0.0
+    window: float = 0.5
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
-    refine: bool = False
+    refine: bool = True
     """snap the upsampled boundaries to image edges with a guided filter"""
     max_side: int | None = None
     """process frames whose longer side exceeds this at a reduced size (masks still at full size)"""
