@@ -32,12 +32,14 @@ CONFIGS: dict[str, SegmentConfig] = {
     "k=8": SegmentConfig(blocks=8),
     "no class balance": SegmentConfig(balance=False),
     "online 0.1": SegmentConfig(online=0.1, confidence=0.9),
-    "online 0.3": SegmentConfig(online=0.3, confidence=0.9),
     "window": SegmentConfig(window=1.0),
-    "window 2": SegmentConfig(window=2.0),
-    "window + online 0.1": SegmentConfig(window=1.0, online=0.1, confidence=0.9),
     "refine": SegmentConfig(refine=True),
     "window + refine": SegmentConfig(window=1.0, refine=True),
+    "window + online 0.1": SegmentConfig(window=1.0, online=0.1, confidence=0.9),
+    "window + refine + online 0.05": SegmentConfig(window=1.0, refine=True, online=0.05, confidence=0.9),
+    "window + refine + online 0.1": SegmentConfig(window=1.0, refine=True, online=0.1, confidence=0.9),
+    "window + refine + online 0.2": SegmentConfig(window=1.0, refine=True, online=0.2, confidence=0.9),
+    "window 0.5 + refine + online 0.1": SegmentConfig(window=0.5, refine=True, online=0.1, confidence=0.9),
 }
 
 
