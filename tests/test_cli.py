@@ -72,7 +72,7 @@ def test_more_annotations_and_online_updates_go_through_the_same_statistics(ship
 
 def test_max_side_processes_small_and_writes_full_size(shipped_model) -> None:
     images, labels = make_sample.make_clip(3, 240, 400, 1, seed=1)
-    seg = Segmenter(shipped_model, SegmentConfig(max_side=200))
+    seg = Segmenter(shipped_model, SegmentConfig(max_side=200, window=0.0))  # this clip jumps half a frame
     state = seg.start(images[0], labels[0], 1)
     assert state.work_size == (120, 200)
     _, out = seg.step(state, images[1])
@@ -89,3 +89,19 @@ def test_palette_mask_with_gaps_in_ids(tmp_path: Path, clip) -> None:
     assert result.exit_code == 0, result.output
     values = set(np.unique(np.asarray(Image.open(out / "masks" / "00002.png"))).tolist())
     assert values <= {0, 3, 7} and {3, 7} <= values
+
+
+def test_window_suppresses_far_distractors_but_follows_an_object_that_jumped(shipped_model) -> None:
+    import torch
+
+    seg = Segmenter(shipped_model, SegmentConfig(window=1.0))
+    previous = torch.zeros(30, 40, dtype=torch.long)
+    previous[5:10, 5:10] = 1  # the object was top left (25 cells)
+    P = torch.zeros(2, 30, 40)
+    P[0] = 0.5
+    P[1, 5:10, 6:11] = 1.0  # it is still there, moved one cell ...
+    P[1, 20:25, 30:35] = 1.0  # ... and a look-alike appears far away
+    kept = seg.window(P, previous).argmax(0)
+    assert kept[5:10, 6:11].all() and not kept[20:25, 30:35].any()
+    P[1, 5:10, 6:11] = 0.0  # now only the far copy exists: the object jumped, the window lets it go
+    assert seg.window(P, previous).argmax(0)[20:25, 30:35].all()

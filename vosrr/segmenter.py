@@ -50,7 +50,7 @@ class SegmentConfig:
     """how much of the online memory each new frame keeps"""
     confidence: float = 0.9
     """probability a predicted pixel needs to enter the online update"""
-    window: float = 0.5
+    window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
     refine: bool = True
     """snap the upsampled boundaries to image edges with a guided filter"""
@@ -218,18 +218,26 @@ class Segmenter:
         """``P[K+1,h,w]`` with each object's scores suppressed outside a window around its previous position.
 
         The window is the previous grid mask dilated by ``config.window`` times the object's size
-        (square root of its area, at least 2 cells). A lost object (no pixels) gets no window.
+        (square root of its area, at least 2 cells). A lost object (no pixels) gets no window, and an object
+        of which the window keeps less than a third of its previous area (it moved further than the window)
+        keeps its unwindowed scores.
         """
         out = P.clone()
         floor = P.min() - 1.0
+        areas = {}
         for k in range(1, P.shape[0]):
             region = (previous == k).float()
             area = float(region.sum())
             if area == 0:
                 continue
+            areas[k] = area
             radius = max(2, round(self.config.window * area**0.5))
             grown = F.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
             out[k] = torch.where(grown > 0, P[k], floor)
+        winners = out.argmax(0)
+        for k, area in areas.items():
+            if float((winners == k).sum()) < area / 3:
+                out[k] = P[k]
         return out
 
     def labels(self, state: VideoState, P: Tensor, frame: np.ndarray | None = None) -> np.ndarray:
@@ -322,7 +330,8 @@ def _labels_refined(P: Tensor, work: tuple[int, int], size: tuple[int, int], fra
             for c in range(1, p.shape[0])
         ]
     )
-    filtered = guided_filter(frame, planes)
+    radius = max(2, round(8 * max(work) / 854))  # 8 pixels at the DAVIS frame size, scaled with the frame
+    filtered = guided_filter(frame, planes, radius=radius, subsample=max(1, min(4, radius // 2)))
     out = np.where(filtered.max(0) > 0, filtered.argmax(0) + 1, 0).astype(np.uint8)
     if work != size:
         out = cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
