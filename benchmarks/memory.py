@@ -23,9 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-import imageio_ffmpeg
-import numpy as np
-from PIL import Image
+from vosrr.masks import MaskFormat, write_mask
+from vosrr.video import OverlayWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1
@@ -50,32 +49,17 @@ def _make_clip_module():
 
 def write_videos(folder: Path, short: int, long: int, height: int, width: int) -> tuple[Path, Path, Path]:
     """``short.mp4`` (``short`` frames), ``long.mp4`` (``long`` frames, the short clip ping-ponged), the mask."""
-    from vosrr.masks import davis_palette
-
     images, labels = _make_clip_module().make_clip(short, height, width)
     order = list(range(short)) + list(range(short - 2, 0, -1)) or [0]
     paths = []
     for name, count in (("short", short), ("long", long)):
         path = folder / f"{name}.mp4"
-        writer = imageio_ffmpeg.write_frames(
-            str(path),
-            (width, height),
-            fps=24,
-            codec="libx264",
-            pix_fmt_out="yuv420p",
-            macro_block_size=2,
-            quality=8,
-            ffmpeg_log_level="error",
-        )
-        writer.send(None)
-        for index in range(count):
-            writer.send(np.ascontiguousarray(images[order[index % len(order)]]))
-        writer.close()
+        with OverlayWriter(path, width, height, 24, quality=8) as writer:
+            for index in range(count):
+                writer.write(images[order[index % len(order)]])
         paths.append(path)
     mask = folder / "mask.png"
-    png = Image.fromarray(labels[0], mode="P")
-    png.putpalette([c for rgb in davis_palette() for c in rgb])
-    png.save(mask)
+    write_mask(mask, labels[0], MaskFormat.dense(int(labels[0].max())))
     return paths[0], paths[1], mask
 
 

@@ -96,33 +96,16 @@ def make_clip(
 
 def write_sample(folder: Path, frames: int = 48, fps: float = 24.0) -> tuple[Path, Path]:
     """Write ``clip.mp4`` and ``clip_mask.png`` (first-frame mask, ids 1 and 2) into ``folder``."""
-    import imageio_ffmpeg
+    from vosrr.masks import MaskFormat, write_mask
+    from vosrr.video import OverlayWriter
 
     images, labels = make_clip(frames)
     height, width = labels[0].shape
-    video = folder / "clip.mp4"
-    writer = imageio_ffmpeg.write_frames(
-        str(video),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        macro_block_size=2,
-        quality=8,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    for image in images:
-        writer.send(np.ascontiguousarray(image))
-    writer.close()
-    mask = folder / "clip_mask.png"
-    from PIL import Image
-
-    from vosrr.masks import davis_palette
-
-    png = Image.fromarray(labels[0], mode="P")
-    png.putpalette([c for rgb in davis_palette() for c in rgb])
-    png.save(mask)
+    video, mask = folder / "clip.mp4", folder / "clip_mask.png"
+    with OverlayWriter(video, width, height, fps, quality=8) as writer:
+        for image in images:
+            writer.write(image)
+    write_mask(mask, labels[0], MaskFormat.dense(int(labels[0].max())))
     return video, mask
 
 

@@ -7,14 +7,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
-from PIL import Image
 
 from vosrr.checkpoint import DEFAULT_WEIGHTS, load_model
 from vosrr.embedding import Embedder
-from vosrr.masks import davis_palette
+from vosrr.masks import MaskFormat, write_mask
+from vosrr.video import OverlayWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 DAVIS = ROOT.parent / "shared" / "davis2016"
@@ -41,19 +40,14 @@ def shipped_model() -> Embedder:
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=2, quality=9, ffmpeg_log_level="error")
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    with OverlayWriter(path, width, height, fps, quality=9) as writer:
+        for frame in frames:
+            writer.write(frame)
     return path
 
 
 def write_palette_mask(path: Path, labels: np.ndarray) -> Path:
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette([c for rgb in davis_palette() for c in rgb])
-    image.save(path)
+    write_mask(path, labels, MaskFormat.dense(int(labels.max())))
     return path
 
 

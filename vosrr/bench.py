@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from rich.console import Console
@@ -173,25 +172,14 @@ def _bench_input(video: Path, frames: int, folder: Path) -> Path:
         return target
     info, _ = open_video(video)
     target = folder / "input.mp4"
-    writer = imageio_ffmpeg.write_frames(
-        str(target),
-        (info.width, info.height),
-        fps=info.fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        macro_block_size=2,
-        quality=9,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
     written = 0
-    try:
+    with OverlayWriter(target, info.width, info.height, info.fps, quality=9) as writer:
         while written < frames:
             _, decoded = open_video(video)
             before = written
             try:
                 for frame in decoded:
-                    writer.send(np.ascontiguousarray(frame))
+                    writer.write(frame)
                     written += 1
                     if written == frames:
                         break
@@ -201,8 +189,6 @@ def _bench_input(video: Path, frames: int, folder: Path) -> Path:
                     close()
             if written == before:
                 raise VideoError(f"{video} holds no frames to benchmark")
-    finally:
-        writer.close()
     return target
 
 

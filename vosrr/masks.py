@@ -49,6 +49,11 @@ class MaskFormat:
     def num_objects(self) -> int:
         return len(self.ids) - 1
 
+    @classmethod
+    def dense(cls, num_objects: int) -> MaskFormat:
+        """Ids 0..K with the DAVIS palette: how vosrr writes label maps that came from no user file."""
+        return cls(tuple(range(num_objects + 1)), tuple(davis_palette(num_objects + 1)))
+
 
 def davis_palette(n: int = 256) -> list[tuple[int, int, int]]:
     """The DAVIS / PASCAL VOC colour map (bit-interleaved), index 0 black."""

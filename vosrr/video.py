@@ -223,8 +223,9 @@ class OverlayWriter:
     encoder leaves nothing.
     """
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, depth: int = 8) -> None:
+    def __init__(self, path: Path, width: int, height: int, fps: float, depth: int = 8, quality: int = 6) -> None:
         self.path = Path(path)
+        self.quality = quality
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.size = (width + width % 2, height + height % 2)
         self.fps = fps
@@ -251,7 +252,7 @@ class OverlayWriter:
                 pix_fmt_in="rgb24",
                 pix_fmt_out="yuv420p",
                 macro_block_size=2,
-                quality=6,
+                quality=self.quality,
                 ffmpeg_log_level="error",
                 output_params=["-preset", "veryfast"],
             )
