@@ -7,6 +7,7 @@ Every known failure prints one line naming the problem and what to do, and exits
 from __future__ import annotations
 
 import enum
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -313,7 +314,8 @@ def train(
             disable=not console.is_terminal,
         ) as progress:
             best = run_training(config, progress, log=lambda m: _say(str(m)))
-        _say(f"best checkpoint: {best}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
+            _say(f"best checkpoint: {best}")
 
     _guard(debug, job)
 
