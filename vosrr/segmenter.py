@@ -276,24 +276,33 @@ class Segmenter:
 
     def step(self, state: VideoState, frame: np.ndarray) -> tuple[VideoState, np.ndarray]:
         """One frame: a forward pass, ``P = X W``, labels; plus the online update when enabled."""
+        state, P = self.step_scores(state, frame)
+        return state, self.labels(state, P, frame)
+
+    def step_scores(self, state: VideoState, frame: np.ndarray) -> tuple[VideoState, Tensor]:
+        """``step`` up to the scores ``P[K+1,h,w]``; ``labels(state, P, frame)`` finishes it (in any thread)."""
         if frame.shape[:2] != state.size:
             raise ValueError(
                 f"frame {state.frames_seen} is {frame.shape[1]}x{frame.shape[0]}, "
                 f"the video is {state.size[1]}x{state.size[0]}"
             )
-        return self.advance(state, frame, self.features(frame, state.work_size))
+        return self.advance_scores(state, self.features(frame, state.work_size))
 
     def advance(self, state: VideoState, frame: np.ndarray, X: Tensor) -> tuple[VideoState, np.ndarray]:
         """The part of ``step`` after the forward pass: scores, window, labels, online update."""
+        state, P = self.advance_scores(state, X)
+        return state, self.labels(state, P, frame)
+
+    def advance_scores(self, state: VideoState, X: Tensor) -> tuple[VideoState, Tensor]:
+        """Scores of one frame's features (window applied) and the state after it (online update included)."""
         with torch.inference_mode():
             P = self.scores(state, X)
             if self.config.window > 0 and state.previous is not None:
                 P = self.window(P, state.previous)
             previous = P.argmax(0)
-        out = self.labels(state, P, frame)
         if self.config.online > 0:
             state = self._online(state, X, P)
-        return replace(state, frames_seen=state.frames_seen + 1, previous=previous), out
+        return replace(state, frames_seen=state.frames_seen + 1, previous=previous), P
 
     def propagate(self, state: VideoState, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Yield ``labels[H,W]`` for each of ``frames`` (those after the reference), one forward pass each."""
