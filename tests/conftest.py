@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from vosrr.checkpoint import DEFAULT_WEIGHTS, load_model
-from vosrr.embedding import Embedder
+from vosrr.checkpoint import DEFAULT_WEIGHTS, load_model, save_checkpoint
+from vosrr.embedding import Embedder, ModelConfig
 from vosrr.masks import MaskFormat, write_mask
 from vosrr.video import OverlayWriter
 
@@ -36,6 +37,15 @@ def shipped_model() -> Embedder:
     assert DEFAULT_WEIGHTS.is_file(), f"the shipped checkpoint {DEFAULT_WEIGHTS} is missing"
     model, _ = load_model(DEFAULT_WEIGHTS)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small checkpoint with random weights (C = 32), for tests of mechanics rather than accuracy."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, Embedder(ModelConfig(channels=32, width=16)))
+    return path
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:

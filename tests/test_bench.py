@@ -12,17 +12,7 @@ import torch
 from rich.console import Console
 
 from vosrr.bench import STAGES, TABLE2_BLOCKS, run_bench, solve_table
-from vosrr.checkpoint import save_checkpoint
-from vosrr.embedding import Embedder, ModelConfig
 from vosrr.segmenter import Segmenter
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(path, Embedder(ModelConfig(channels=32, width=16)))
-    return path
 
 
 def _positive(value: object) -> bool:

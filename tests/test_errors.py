@@ -24,9 +24,8 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from vosrr import cli, pipeline
-from vosrr.checkpoint import WeightsError, load_checkpoint, save_checkpoint
+from vosrr.checkpoint import WeightsError, load_checkpoint
 from vosrr.cli import ExitCode, app
-from vosrr.embedding import Embedder, ModelConfig
 from vosrr.masks import MAX_OBJECTS
 from vosrr.segmenter import Segmenter
 from vosrr.video import open_video
@@ -45,13 +44,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small untrained checkpoint (random weights: these tests are about errors, not accuracy)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(path, Embedder(ModelConfig(channels=32, width=16)))
-    return path
+@pytest.fixture
+def weights(tiny_weights: Path) -> Path:
+    """The small untrained checkpoint: these tests are about errors, not accuracy."""
+    return tiny_weights
 
 
 @pytest.fixture
