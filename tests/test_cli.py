@@ -44,8 +44,10 @@ def test_segment_keeps_user_ids_and_honours_no_overlay(tmp_path: Path) -> None:
     grey = tmp_path / "first.png"
     Image.fromarray((labels[0] > 0).astype(np.uint8) * 255).save(grey)  # DAVIS 2016 style 0/255
     out = tmp_path / "res"
-    result = runner.invoke(app, ["segment", str(folder), "-m", str(grey), "-o", str(out), "--no-overlay",
-                                 "--blocks", "4", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        ["segment", str(folder), "-m", str(grey), "-o", str(out), "--no-overlay", "--blocks", "4", "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     assert not (out / "overlay.mp4").exists()
     last = np.asarray(Image.open(out / "masks" / "00004.png"))

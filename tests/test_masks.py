@@ -242,3 +242,19 @@ def test_targets_partial_cells_at_the_border() -> None:
     torch.testing.assert_close(grid[:, 1, 1], torch.full((2,), 0.25))
     inside = valid > 0
     torch.testing.assert_close(Y[inside], torch.tensor([0.0, 1.0]).expand(int(inside.sum()), 2))  # renormalised
+
+
+def test_targets_unknown_pixels_carry_no_weight_and_no_target() -> None:
+    labels = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    labels[0, :, 8:] = 1  # right column of cells is the object
+    known = torch.ones(1, 16, 16)
+    known[0, :8, :4] = 0  # left half of cell (0, 0) unknown
+    known[0, 8:, 8:] = 0  # cell (1, 1) wholly unknown
+    Y, valid = targets(labels, 2, (16, 16), 8, known)
+    torch.testing.assert_close(valid.reshape(2, 2), torch.tensor([[0.5, 1.0], [1.0, 0.0]]))
+    cells = Y.reshape(2, 2, 2)
+    torch.testing.assert_close(cells[0, 0], torch.tensor([1.0, 0.0]))  # renormalised over the known half
+    torch.testing.assert_close(cells[0, 1], torch.tensor([0.0, 1.0]))
+    assert torch.all(cells[1, 1] == 0)
+    with pytest.raises(ValueError, match="must match labels"):
+        targets(labels, 2, (16, 16), 8, known[:, :8])

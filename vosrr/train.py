@@ -4,7 +4,8 @@ An episode is two frames of one training video: W is solved from the reference f
 mask, the query frame is predicted with it, and BCEWithLogits on the query back-propagates through the
 solve into phi. On a CPU the frozen part of the trunk is computed once and cached (``FeatureCache``);
 the trainable part (the head, and optionally the last one or two trunk stages) runs on the cached
-levels with flips and random crops. Under ``torchrun`` the same loop runs data-parallel (DDP).
+levels of several views of each frame (scale and colour augmented), with flips and random crops.
+Under ``torchrun`` the same loop runs data-parallel (DDP).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from vosrr import solver
+from vosrr.backbone import IMAGENET_MEAN
 from vosrr.checkpoint import WeightsError, load_checkpoint, save_checkpoint
 from vosrr.davis import Sequence, sequences
 from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
@@ -58,6 +62,12 @@ class TrainConfig:
     max_gap: int = 30
     crop: tuple[int, int] = (12, 20)
     """crop of the cached feature maps, in stride-32 cells (12 x 20 = 384 x 640 pixels)"""
+    views: int = 4
+    """cached views of each frame: the frame itself and views-1 scale-and-colour augmented copies"""
+    scale: tuple[float, float] = (0.7, 1.4)
+    """scale augmentation: the range of the resize factor (log-uniform)"""
+    colour: float = 0.3
+    """colour augmentation: brightness, contrast and saturation by up to this factor, hue by a tenth of it"""
     holdout: int = 3
     """training sequences held out for validation"""
     seed: int = 0
@@ -74,75 +84,158 @@ class TrainConfig:
             raise ValueError(f"--train-stages must be 0, 1 or 2, got {self.train_stages}")
         if self.channels % self.blocks:
             raise ValueError(f"--blocks {self.blocks} must divide --channels {self.channels}")
-        if min(self.epochs, self.steps, self.batch, self.refs) < 1:
-            raise ValueError("--epochs, --steps, --batch and --refs must be at least 1")
+        if min(self.epochs, self.steps, self.batch, self.refs, self.views) < 1:
+            raise ValueError("--epochs, --steps, --batch, --refs and --views must be at least 1")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"--scale must be 0 < min <= max, got {self.scale}")
+        if not 0 <= self.colour < 1:
+            raise ValueError(f"--colour must be in [0, 1), got {self.colour}")
 
 
 # ------------------------------------------------------------------------------------------ data
-class FeatureCache:
-    """Frozen trunk levels and feature-grid targets of every frame, in memory (float16), saved to disk once.
+def augment_frame(
+    image: Tensor, labels: Tensor, rng: random.Random, scale: tuple[float, float], colour: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One scale-and-colour augmented copy of a frame, on a canvas of the same size.
 
-    ``levels[i]`` are ``[frames, C_i, h_i, w_i]`` for the three strides; ``Y`` is ``[frames, h*w, 2]``
-    (soft background/object fractions at stride 8) and ``valid`` ``[frames, h*w]``.
+    ``augment_frame(image[H,W,3] uint8, labels[H,W], rng, (min, max) scale, colour jitter)
+    -> (image[H,W,3] uint8, labels[H,W], known[H,W] float)``. The frame is resized by a log-uniform factor,
+    then cropped at a random place (zoom in) or placed at a random place on a mean-grey canvas (zoom out,
+    the border unknown: ``known`` 0). Brightness, contrast and saturation change by up to ``colour``, hue
+    by up to ``colour / 10``.
+    """
+    h, w = labels.shape
+    s = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    img = TF.resize(image.permute(2, 0, 1), [nh, nw], antialias=True)
+    lab = TF.resize(labels[None], [nh, nw], interpolation=InterpolationMode.NEAREST)[0]
+    if colour > 0:
+        img = TF.adjust_brightness(img, 1 + rng.uniform(-colour, colour))
+        img = TF.adjust_contrast(img, 1 + rng.uniform(-colour, colour))
+        img = TF.adjust_saturation(img, 1 + rng.uniform(-colour, colour))
+        img = TF.adjust_hue(img, rng.uniform(-colour / 10, colour / 10))
+    dy = rng.randint(min(0, h - nh), max(0, h - nh))  # negative: crop; positive: margin
+    dx = rng.randint(min(0, w - nw), max(0, w - nw))
+    y0, x0, sy, sx = max(dy, 0), max(dx, 0), max(-dy, 0), max(-dx, 0)
+    ch, cw = min(h - y0, nh - sy), min(w - x0, nw - sx)
+    grey = torch.tensor(IMAGENET_MEAN).mul(255).round().to(torch.uint8)
+    out = grey.view(3, 1, 1).repeat(1, h, w)
+    out_labels = torch.zeros_like(labels)
+    known = torch.zeros(h, w)
+    out[:, y0 : y0 + ch, x0 : x0 + cw] = img[:, sy : sy + ch, sx : sx + cw]
+    out_labels[y0 : y0 + ch, x0 : x0 + cw] = lab[sy : sy + ch, sx : sx + cw]
+    known[y0 : y0 + ch, x0 : x0 + cw] = 1
+    return out.permute(1, 2, 0).contiguous(), out_labels, known
+
+
+@dataclass
+class CachedView:
+    """One view of every training frame: trunk ``levels[i]`` ``[frames, C_i, h_i, w_i]`` (float16),
+    soft targets ``Y[frames, h*w, 2]`` and known fractions ``valid[frames, h*w]`` at stride 8."""
+
+    levels: list[Tensor]
+    Y: Tensor
+    valid: Tensor
+
+
+class FeatureCache:
+    """Frozen trunk levels and feature-grid targets of every training frame, in several views.
+
+    View 0 is the frames as they are; views 1.. are scale-and-colour augmented copies (``augment_frame``,
+    seeded per view and frame, so a cache is reproducible). Each view is computed once and saved beside
+    the others; a later run loads it memory-mapped (``index``: (sequence, first row, frame count)).
     """
 
-    def __init__(self, levels: list[Tensor], Y: Tensor, valid: Tensor, index: list[tuple[str, int, int]]):
-        self.levels, self.Y, self.valid = levels, Y, valid
-        self.index = index  # (sequence, first row, frame count)
+    def __init__(self, views: list[CachedView], index: list[tuple[str, int, int]]):
+        self.views, self.index = views, index
 
     @classmethod
-    def build(cls, model: Embedder, seqs: list[Sequence], path: Path, progress: Any = None) -> FeatureCache:
-        names = [s.name for s in seqs]
-        if path.is_file():
-            data = torch.load(path, weights_only=True)
-            if data["names"] == names:
-                return cls(data["levels"], data["Y"], data["valid"], [tuple(x) for x in data["index"]])
-        total = sum(len(s.frames) for s in seqs)
-        first = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
-        h, w = first.shape[:2]
-        ph, pw = padded_size(h, w)
-        shapes = [(32, ph // 8, pw // 8), (96, ph // 16, pw // 16), (320, ph // 32, pw // 32)]
-        levels = [torch.empty(total, *s, dtype=torch.float16) for s in shapes]
-        Y = torch.empty(total, (ph // 8) * (pw // 8), 2, dtype=torch.float16)
-        valid = torch.empty(total, (ph // 8) * (pw // 8), dtype=torch.float16)
+    def build(
+        cls,
+        model: Embedder,
+        seqs: list[Sequence],
+        folder: Path,
+        views: int = 1,
+        scale: tuple[float, float] = (1.0, 1.0),
+        colour: float = 0.0,
+        seed: int = 0,
+        progress: Any = None,
+    ) -> FeatureCache:
         index, row = [], 0
-        model = model.eval().to(memory_format=torch.channels_last)
-        task = progress.add_task("caching trunk features", total=total) if progress else None
         for seq in seqs:
             index.append((seq.name, row, len(seq.frames)))
-            for frame, mask in zip(seq.frames, seq.masks, strict=True):
-                image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
-                labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
-                if image.shape[:2] != (h, w):
-                    raise ValueError(f"{frame} is not {w}x{h}; the feature cache needs one frame size")
-                with torch.inference_mode():
-                    out = model.trunk(model.preprocess(image[None]))
-                    y, v = targets(labels[None], 2, (ph, pw), STRIDE)
-                for store, value in zip(levels, out, strict=True):
-                    store[row] = value[0].half()
-                Y[row], valid[row] = y[0].half(), v[0].half()
-                row += 1
-                if progress:
-                    progress.advance(task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"names": names, "levels": levels, "Y": Y, "valid": valid, "index": index}, path)
-        return cls(levels, Y, valid, index)
+            row += len(seq.frames)
+        built = []
+        for view in range(views):
+            augment = None if view == 0 else {"scale": list(scale), "colour": colour, "seed": seed, "view": view}
+            name = "davis2016_train.pt" if view == 0 else f"davis2016_train_aug{view}.pt"
+            built.append(_cached_view(model, seqs, folder / name, augment, progress))
+        return cls(built, index)
 
     def subset(self, names: list[str]) -> list[tuple[str, int, int]]:
         return [entry for entry in self.index if entry[0] in names]
 
 
+def _cached_view(
+    model: Embedder, seqs: list[Sequence], path: Path, augment: dict[str, Any] | None, progress: Any
+) -> CachedView:
+    names = [s.name for s in seqs]
+    if path.is_file():
+        data = torch.load(path, weights_only=True, mmap=True)
+        if data["names"] == names and data.get("augment") == augment:
+            return CachedView(data["levels"], data["Y"], data["valid"])
+    total = sum(len(s.frames) for s in seqs)
+    first = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
+    h, w = first.shape[:2]
+    ph, pw = padded_size(h, w)
+    shapes = [(32, ph // 8, pw // 8), (96, ph // 16, pw // 16), (320, ph // 32, pw // 32)]
+    levels = [torch.empty(total, *s, dtype=torch.float16) for s in shapes]
+    Y = torch.empty(total, (ph // 8) * (pw // 8), 2, dtype=torch.float16)
+    valid = torch.empty(total, (ph // 8) * (pw // 8), dtype=torch.float16)
+    model = model.eval().to(memory_format=torch.channels_last)
+    what = "trunk features" if augment is None else f"augmented view {augment['view']}"
+    task = progress.add_task(f"caching {what}", total=total) if progress else None
+    row = 0
+    for seq in seqs:
+        for frame, mask in zip(seq.frames, seq.masks, strict=True):
+            image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
+            labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
+            if image.shape[:2] != (h, w):
+                raise ValueError(f"{frame} is not {w}x{h}; the feature cache needs one frame size")
+            known = None
+            if augment is not None:
+                rng = random.Random(f"{augment['seed']}:{augment['view']}:{row}")
+                image, labels, known = augment_frame(image, labels, rng, augment["scale"], augment["colour"])
+                known = known[None]
+            with torch.inference_mode():
+                out = model.trunk(model.preprocess(image[None]))
+                y, v = targets(labels[None], 2, (ph, pw), STRIDE, known)
+            for store, value in zip(levels, out, strict=True):
+                store[row] = value[0].half()
+            Y[row], valid[row] = y[0].half(), v[0].half()
+            row += 1
+            if progress:
+                progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"names": names, "augment": augment, "levels": levels, "Y": Y, "valid": valid}, partial)
+    os.replace(partial, path)
+    return CachedView(levels, Y, valid)
+
+
 def _crop_levels(
-    cache: FeatureCache, row: int, top: int, left: int, ch: int, cw: int, flip: bool
+    view: CachedView, row: int, top: int, left: int, ch: int, cw: int, flip: bool
 ) -> tuple[list[Tensor], Tensor, Tensor]:
     """Crop (in stride-32 cells) and optionally mirror one cached frame: levels, Y[h*w,2], valid[h*w]."""
     out = []
-    for level, factor in zip(cache.levels, (4, 2, 1), strict=True):
+    for level, factor in zip(view.levels, (4, 2, 1), strict=True):
         t, l_, s_h, s_w = top * factor, left * factor, ch * factor, cw * factor
         out.append(level[row, :, t : t + s_h, l_ : l_ + s_w])
-    gh, gw = cache.levels[0].shape[-2:]
-    Y = cache.Y[row].view(gh, gw, 2)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
-    valid = cache.valid[row].view(gh, gw)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
+    gh, gw = view.levels[0].shape[-2:]
+    Y = view.Y[row].view(gh, gw, 2)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
+    valid = view.valid[row].view(gh, gw)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
     if flip:
         out = [x.flip(-1) for x in out]
         Y, valid = Y.flip(1), valid.flip(1)
@@ -152,9 +245,12 @@ def _crop_levels(
 def sample_batch(
     cache: FeatureCache, videos: list[tuple[str, int, int]], config: TrainConfig, rng: random.Random
 ) -> tuple[list[Tensor], Tensor, Tensor]:
-    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``."""
+    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``.
+
+    Each frame of an episode comes from a random view of the cache, at a random crop, mirrored or not.
+    """
     ch, cw = config.crop
-    H, W = cache.levels[2].shape[-2:]
+    H, W = cache.views[0].levels[2].shape[-2:]
     ch, cw = min(ch, H), min(cw, W)
     levels: list[list[Tensor]] = [[], [], []]
     ys, vs = [], []
@@ -165,9 +261,9 @@ def sample_batch(
         picks = [start + rng.randint(lo, hi) for _ in range(config.refs)] + [start + query]
         ey, ev = [], []
         for row in picks:
-            # a crop that holds part of the object where possible (random otherwise)
+            view = cache.views[rng.randrange(len(cache.views))]
             top, left = rng.randint(0, H - ch), rng.randint(0, W - cw)
-            lv, y, v = _crop_levels(cache, row, top, left, ch, cw, rng.random() < 0.5)
+            lv, y, v = _crop_levels(view, row, top, left, ch, cw, rng.random() < 0.5)
             for store, x in zip(levels, lv, strict=True):
                 store.append(x)
             ey.append(y)
@@ -272,9 +368,10 @@ def evaluate_episodes(
     with torch.no_grad():
         for _, start, count in videos:
             rows = [start, *range(start + every, start + count, every)]
-            levels = [lv[rows].float().to(device) for lv in cache.levels]
-            Y = cache.Y[rows].float().to(device)
-            valid = cache.valid[rows].float().to(device)
+            view = cache.views[0]
+            levels = [lv[rows].float().to(device) for lv in view.levels]
+            Y = view.Y[rows].float().to(device)
+            valid = view.valid[rows].float().to(device)
             X = model.embed(trainable_levels(model, levels, config.train_stages)).flatten(2).transpose(1, 2)
             W = solver.fit(X[0], Y[0], model.lam, solver.balanced_weights(Y[0], valid[0]), config.blocks)
             P = solver.predict(X[1:], W)
@@ -332,13 +429,13 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     if world > 1:  # every rank starts from rank 0's weights (their random inits differ)
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
-    cache_path = config.cache / "davis2016_train.pt"
+    views = dict(views=config.views, scale=config.scale, colour=config.colour, seed=config.seed)
     if rank == 0:
-        cache = FeatureCache.build(model, seqs, cache_path, progress)
+        cache = FeatureCache.build(model, seqs, config.cache, progress=progress, **views)
     if world > 1:
         dist.barrier()
     if rank != 0:
-        cache = FeatureCache.build(model, seqs, cache_path)
+        cache = FeatureCache.build(model, seqs, config.cache, **views)
     model.to(device)
     train_videos = [v for v in cache.index if v[0] not in held]
     val_videos = [v for v in cache.index if v[0] in held]
