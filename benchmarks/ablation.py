@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,25 @@ from vosrr.masks import read_mask, write_mask
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import open_video
 
+#: the paper's inference: one solve from the reference frame, bilinear upsampling, nothing else
+PAPER = SegmentConfig(online=0.0, window=0.0, refine=False)
 CONFIGS: dict[str, SegmentConfig] = {
-    "paper (k=1, balanced)": SegmentConfig(),
-    "k=2": SegmentConfig(blocks=2),
-    "k=4": SegmentConfig(blocks=4),
-    "k=8": SegmentConfig(blocks=8),
-    "no class balance": SegmentConfig(balance=False),
-    "online 0.1": SegmentConfig(online=0.1, confidence=0.9),
-    "window": SegmentConfig(window=1.0),
-    "refine": SegmentConfig(refine=True),
-    "window + refine": SegmentConfig(window=1.0, refine=True),
-    "window + online 0.1": SegmentConfig(window=1.0, online=0.1, confidence=0.9),
-    "window + refine + online 0.05": SegmentConfig(window=1.0, refine=True, online=0.05, confidence=0.9),
-    "window + refine + online 0.1": SegmentConfig(window=1.0, refine=True, online=0.1, confidence=0.9),
-    "window + refine + online 0.2": SegmentConfig(window=1.0, refine=True, online=0.2, confidence=0.9),
-    "window 0.5 + refine + online 0.1": SegmentConfig(window=0.5, refine=True, online=0.1, confidence=0.9),
+    "paper (k=1, balanced)": PAPER,
+    "k=2": replace(PAPER, blocks=2),
+    "k=4": replace(PAPER, blocks=4),
+    "k=8": replace(PAPER, blocks=8),
+    "no class balance": replace(PAPER, balance=False),
+    "online 0.1": replace(PAPER, online=0.1),
+    "window": replace(PAPER, window=1.0),
+    "refine": replace(PAPER, refine=True),
+    "window + refine": replace(PAPER, window=1.0, refine=True),
+    "window + online 0.1": replace(PAPER, window=1.0, online=0.1),
+    "window + refine + online 0.05": replace(PAPER, window=1.0, refine=True, online=0.05),
+    "window + refine + online 0.1": replace(PAPER, window=1.0, refine=True, online=0.1),
+    "window + refine + online 0.2": replace(PAPER, window=1.0, refine=True, online=0.2),
+    "window + refine + online 0.1, stride 2": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
+    "window 0.5 + refine + online 0.1": replace(PAPER, window=0.5, refine=True, online=0.1),
+    "default": SegmentConfig(),
 }
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import iou, make_sample, write_palette_mask
 from PIL import Image
 from typer.testing import CliRunner
@@ -70,6 +71,25 @@ def test_more_annotations_and_online_updates_go_through_the_same_statistics(ship
     outs = list(online.propagate(s, images[1:]))
     assert len(outs) == 5 and all(o.shape == labels[0].shape for o in outs)
     assert np.mean([iou(o, t, k) for o, t in zip(outs, labels[1:], strict=True) for k in (1, 2)]) > 0.7
+
+
+def test_online_stride_samples_the_grid_and_reweights(shipped_model) -> None:
+    """On a frame whose features and scores are constant over 2x2 cells, stride 2 gives stride 1's statistics."""
+    images, labels = make_sample.make_clip(2, 128, 224, 2, seed=5)
+    full = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=1))  # balanced: weights from all cells
+    half = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=2))
+    state = full.start(images[0], labels[0], 2)
+    X = full.features(images[1], state.work_size)  # [h*w, C]
+    h, w = 128 // 8, 224 // 8
+    coarse = X.view(h, w, -1)[::2, ::2]
+    X2 = coarse.repeat_interleave(2, 0).repeat_interleave(2, 1).reshape(h * w, -1).contiguous()
+    P = full.scores(state, X2)
+    a, b = full._online(state, X2, P), half._online(state, X2, P)
+    assert a.memory is not None and b.memory is not None
+    torch.testing.assert_close(b.memory.A, a.memory.A, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(b.memory.B, a.memory.B, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="online_stride"):
+        SegmentConfig(online_stride=0)
 
 
 def test_max_side_processes_small_and_writes_full_size(shipped_model) -> None:

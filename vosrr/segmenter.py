@@ -50,6 +50,8 @@ class SegmentConfig:
     """how much of the online memory each new frame keeps"""
     confidence: float = 0.9
     """probability a predicted pixel needs to enter the online update"""
+    online_stride: int = 1
+    """the online update takes every n-th feature cell in each direction, weighted n^2 (its cost falls by n^2)"""
     window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
     refine: bool = True
@@ -64,6 +66,8 @@ class SegmentConfig:
             raise ValueError(f"lam must be positive, got {self.lam}")
         if self.online < 0 or not 0 <= self.decay <= 1 or not 0.5 <= self.confidence <= 1:
             raise ValueError("online must be >= 0, decay in [0, 1] and confidence in [0.5, 1]")
+        if self.online_stride < 1:
+            raise ValueError(f"online_stride must be at least 1, got {self.online_stride}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0, got {self.window}")
         if self.max_side is not None and self.max_side < 32:
@@ -261,15 +265,24 @@ class Segmenter:
             return up.argmax(0).to(torch.uint8).cpu().numpy()
 
     def _online(self, state: VideoState, X: Tensor, P: Tensor) -> VideoState:
-        """Add the confident part of this frame's own prediction to the (decaying) memory and re-solve."""
+        """Add the confident part of this frame's own prediction to the (decaying) memory and re-solve.
+
+        ``X[h*w,C]``, ``P[K+1,h,w]``. The statistics use every ``online_stride``-th cell in each direction
+        (neighbouring cells at 1/8 resolution are much alike, and X^T X is most of the update's cost).
+        """
         with torch.inference_mode():
             flat = P.flatten(1).transpose(0, 1)  # [N, K+1]
             prob = torch.sigmoid(self.model.logits(flat))
             conf, label = prob.max(-1)
             Y = solver.one_hot(label, state.num_classes)
             keep = (conf >= self.config.confidence).float()
-            w = solver.balanced_weights(Y, keep) if self.config.balance else keep
-            new = solver.statistics(X, Y, w * self.config.online, self.config.blocks)
+            weights = solver.balanced_weights(Y, keep) if self.config.balance else keep
+            s = self.config.online_stride
+            if s > 1:  # the weights come from the whole frame; the sums from every s-th cell, scaled by s^2
+                h, w = P.shape[-2:]
+                X, Y, weights = (t.view(h, w, -1)[::s, ::s].reshape(-1, t.shape[-1]) for t in (X, Y, weights[:, None]))
+                weights = weights[:, 0] * (s * s)
+            new = solver.statistics(X, Y, weights * self.config.online, self.config.blocks)
             memory = new if state.memory is None else state.memory.scale(self.config.decay) + new
             W = solver.solve(state.reference + memory, self.lam)
         return replace(state, memory=memory, W=W)
