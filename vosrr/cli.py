@@ -252,7 +252,7 @@ def segment(
 def train(
     davis: Annotated[Path, typer.Option("--davis", help="DAVIS 2016 root (JPEGImages, Annotations, ImageSets).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: last.pt, best.pt, log.")] = Path("runs/train"),
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Epochs (of --steps steps each; cosine schedule over all).")] = 10,
     steps: Annotated[int, typer.Option(help="Optimizer steps per epoch.")] = 100,
     batch: Annotated[int, typer.Option(help="Episodes per step.")] = 8,
     channels: Annotated[int, typer.Option(help="C, embedding channels (bias channel included).")] = 256,

@@ -48,7 +48,7 @@ class TrainConfig:
     blocks: int = 1
     train_stages: int = 1
     """trunk stages trained with the head: 0 (head only), 1 (+ stride-32 stage), 2 (+ stride-16 stage)"""
-    epochs: int = 20
+    epochs: int = 10
     steps: int = 100
     """optimizer steps per epoch"""
     batch: int = 8
