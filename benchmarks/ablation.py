@@ -41,7 +41,7 @@ CONFIGS: dict[str, SegmentConfig] = {
     "window + refine + online 0.05": replace(PAPER, window=1.0, refine=True, online=0.05),
     "window + refine + online 0.1": replace(PAPER, window=1.0, refine=True, online=0.1),
     "window + refine + online 0.2": replace(PAPER, window=1.0, refine=True, online=0.2),
-    "window + refine + online 0.1, stride 2": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
+    "window + refine + online 0.1 (stride 2)": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
     "window 0.5 + refine + online 0.1": replace(PAPER, window=0.5, refine=True, online=0.1),
     "default": SegmentConfig(),
 }
