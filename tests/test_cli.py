@@ -75,12 +75,12 @@ def test_more_annotations_and_online_updates_go_through_the_same_statistics(ship
 
 def test_online_stride_samples_the_grid_and_reweights(shipped_model) -> None:
     """On a frame whose features and scores are constant over 2x2 cells, stride 2 gives stride 1's statistics."""
-    images, labels = make_sample.make_clip(2, 128, 224, 2, seed=5)
+    images, labels = make_sample.make_clip(2, 512, 512, 2, seed=5)  # 64 x 64 = 4096 cells: stride 2 applies
     full = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=1))  # balanced: weights from all cells
     half = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=2))
     state = full.start(images[0], labels[0], 2)
     X = full.features(images[1], state.work_size)  # [h*w, C]
-    h, w = 128 // 8, 224 // 8
+    h, w = 512 // 8, 512 // 8
     coarse = X.view(h, w, -1)[::2, ::2]
     X2 = coarse.repeat_interleave(2, 0).repeat_interleave(2, 1).reshape(h * w, -1).contiguous()
     P = full.scores(state, X2)
@@ -88,8 +88,25 @@ def test_online_stride_samples_the_grid_and_reweights(shipped_model) -> None:
     assert a.memory is not None and b.memory is not None
     torch.testing.assert_close(b.memory.A, a.memory.A, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(b.memory.B, a.memory.B, rtol=1e-4, atol=1e-3)
+    # on the real (not 2x2-constant) features the sampled sums differ, but only a little
+    c, d = full._online(state, X, full.scores(state, X)), half._online(state, X, full.scores(state, X))
+    assert c.memory is not None and d.memory is not None
+    assert not torch.equal(c.memory.A, d.memory.A)
+    assert float((c.memory.A - d.memory.A).norm() / c.memory.A.norm()) < 0.05
     with pytest.raises(ValueError, match="online_stride"):
         SegmentConfig(online_stride=0)
+
+
+def test_online_stride_uses_every_cell_on_small_frames(shipped_model) -> None:
+    images, labels = make_sample.make_clip(2, 128, 224, 2, seed=5)  # 16 x 28 = 448 cells: too few to sample
+    full = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=1))
+    half = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=2))
+    state = full.start(images[0], labels[0], 2)
+    X = full.features(images[1], state.work_size)
+    P = full.scores(state, X)
+    a, b = full._online(state, X, P), half._online(state, X, P)
+    assert a.memory is not None and b.memory is not None
+    torch.testing.assert_close(b.memory.A, a.memory.A, rtol=0, atol=0)
 
 
 def test_max_side_processes_small_and_writes_full_size(shipped_model) -> None:

@@ -33,10 +33,13 @@ from vosrr.solver import Stats
 
 __all__ = ["SegmentConfig", "Segmenter", "VideoState"]
 
+#: the online update samples cells only while at least this many remain (854x480 has 6420 cells)
+_MIN_ONLINE_CELLS = 1024
+
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Options of the solve and the propagation; each one maps onto a ``vosrr segment`` option."""
+    """Options of the solve and the propagation; the ones users tune map onto ``vosrr segment`` options."""
 
     lam: float | None = None
     """ridge lambda; None uses the checkpoint's (learned, paper value 5)"""
@@ -50,8 +53,9 @@ class SegmentConfig:
     """how much of the online memory each new frame keeps"""
     confidence: float = 0.9
     """probability a predicted pixel needs to enter the online update"""
-    online_stride: int = 1
-    """the online update takes every n-th feature cell in each direction, weighted n^2 (its cost falls by n^2)"""
+    online_stride: int = 2
+    """the online update sums every n-th feature cell in each direction, weighted n^2 (its cost falls by n^2);
+    frames with fewer than 1024 cells per n^2 use every cell"""
     window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
     refine: bool = True
@@ -278,8 +282,8 @@ class Segmenter:
             keep = (conf >= self.config.confidence).float()
             weights = solver.balanced_weights(Y, keep) if self.config.balance else keep
             s = self.config.online_stride
-            if s > 1:  # the weights come from the whole frame; the sums from every s-th cell, scaled by s^2
-                h, w = P.shape[-2:]
+            h, w = P.shape[-2:]
+            if s > 1 and h * w >= _MIN_ONLINE_CELLS * s * s:  # weights from all cells, sums from every s-th one
                 X, Y, weights = (t.view(h, w, -1)[::s, ::s].reshape(-1, t.shape[-1]) for t in (X, Y, weights[:, None]))
                 weights = weights[:, 0] * (s * s)
             new = solver.statistics(X, Y, weights * self.config.online, self.config.blocks)
