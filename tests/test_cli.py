@@ -144,3 +144,12 @@ def test_window_suppresses_far_distractors_but_follows_an_object_that_jumped(shi
     assert kept[5:10, 6:11].all() and not kept[20:25, 30:35].any()
     P[1, 5:10, 6:11] = 0.0  # now only the far copy exists: the object jumped, the window lets it go
     assert seg.window(P, previous).argmax(0)[20:25, 30:35].all()
+
+
+@pytest.mark.parametrize("radius", [1, 2, 7, 30, 80])
+def test_window_dilation_equals_the_square_max_pool(radius: int) -> None:
+    from vosrr.segmenter import _dilate
+
+    region = (torch.rand(60, 107, generator=torch.Generator().manual_seed(radius)) > 0.99).float()
+    square = torch.nn.functional.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
+    assert torch.equal(_dilate(region, radius), square)

@@ -240,7 +240,7 @@ class Segmenter:
                 continue
             areas[k] = area
             radius = max(2, round(self.config.window * area**0.5))
-            grown = F.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
+            grown = _dilate(region, radius)
             out[k] = torch.where(grown > 0, P[k], floor)
         winners = out.argmax(0)
         for k, area in areas.items():
@@ -378,3 +378,9 @@ def fold_batchnorm(model: Embedder) -> Embedder:
                 module._modules[first] = fuse_conv_bn_eval(conv, norm)
                 module._modules[second] = nn.Identity()
     return folded
+
+
+def _dilate(region: Tensor, radius: int) -> Tensor:
+    """``region[h,w]`` dilated by a (2r+1)^2 square: two 1-D max-pools (the square's max is separable)."""
+    x = F.max_pool2d(region[None, None], (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    return F.max_pool2d(x, (1, 2 * radius + 1), stride=1, padding=(0, radius))[0, 0]
