@@ -31,6 +31,7 @@ def test_run_bench_writes_every_number(tiny_weights: Path, tmp_path: Path) -> No
     for stage in STAGES:
         assert _positive(result["stages_s_per_frame"][stage]), stage
         assert len(result["stage_runs"][stage]) == 1
+    assert len(result["end_to_end_over_backbone_runs"]) == result["runs"]
     for key in ("backbone_forward_s_per_frame", "end_to_end_over_backbone", "reference_s"):
         assert _positive(result[key]), key
     e2e = result["end_to_end"]
