@@ -153,3 +153,32 @@ def test_window_dilation_equals_the_square_max_pool(radius: int) -> None:
     region = (torch.rand(60, 107, generator=torch.Generator().manual_seed(radius)) > 0.99).float()
     square = torch.nn.functional.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
     assert torch.equal(_dilate(region, radius), square)
+
+
+def test_mirrored_reference_adds_the_mirrored_frames_statistics(shipped_model) -> None:
+    images, labels = make_sample.make_clip(2, 256, 448, 2, seed=7)
+    plain = Segmenter(shipped_model, SegmentConfig(flip_reference=False))
+    both = Segmenter(shipped_model, SegmentConfig(flip_reference=True))
+    state = both.start(images[0], labels[0], 2)
+    work = state.work_size
+    mirrored = plain.statistics(
+        plain.features(np.ascontiguousarray(images[0][:, ::-1]), work),
+        np.ascontiguousarray(labels[0][:, ::-1]),
+        3,
+        work,
+    )
+    expected = plain.start(images[0], labels[0], 2).reference + mirrored
+    torch.testing.assert_close(state.reference.A, expected.A, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(state.reference.B, expected.B, rtol=1e-5, atol=1e-4)
+    _, out = both.step(state, images[1])
+    assert np.mean([iou(out, labels[1], k) for k in (1, 2)]) > 0.75
+
+
+def test_no_mirror_reference_option(clip, tmp_path: Path) -> None:
+    video, mask, truth = clip(frames=4, height=240, width=432)
+    out = tmp_path / "plain"
+    args = ["segment", str(video), "--mask", str(mask), "--out", str(out), "--device", "cpu", "--no-overlay"]
+    result = runner.invoke(app, [*args, "--no-mirror-reference"])
+    assert result.exit_code == 0, result.output
+    last = np.asarray(Image.open(out / "masks" / "00003.png"))
+    assert np.mean([iou(last, truth[3], k) for k in (1, 2)]) > 0.75

@@ -156,6 +156,13 @@ Window = Annotated[
 Refine = Annotated[
     bool, typer.Option("--refine/--no-refine", help="Snap mask boundaries to image edges (guided filter).")
 ]
+Mirror = Annotated[
+    bool,
+    typer.Option(
+        "--mirror-reference/--no-mirror-reference",
+        help="Also solve from the mirrored first frame (one more forward pass per video).",
+    ),
+]
 _DEFAULT = SegmentConfig()
 
 
@@ -180,6 +187,7 @@ def segment(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
+    mirror_reference: Mirror = _DEFAULT.flip_reference,
     max_side: MaxSide = None,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
@@ -195,7 +203,15 @@ def segment(
     debug: Debug = False,
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
-    config = _segment_config(lam=lam, blocks=blocks, online=online, window=window, refine=refine, max_side=max_side)
+    config = _segment_config(
+        lam=lam,
+        blocks=blocks,
+        online=online,
+        window=window,
+        refine=refine,
+        flip_reference=mirror_reference,
+        max_side=max_side,
+    )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
@@ -343,13 +359,22 @@ def evaluate_cmd(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
+    mirror_reference: Mirror = _DEFAULT.flip_reference,
     max_side: MaxSide = None,
     debug: Debug = False,
 ) -> None:
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
 
-    config = _segment_config(lam=lam, blocks=blocks, online=online, window=window, refine=refine, max_side=max_side)
+    config = _segment_config(
+        lam=lam,
+        blocks=blocks,
+        online=online,
+        window=window,
+        refine=refine,
+        flip_reference=mirror_reference,
+        max_side=max_side,
+    )
     dev = pick_device(device)
 
     def job() -> None:
