@@ -166,9 +166,26 @@ Mirror = Annotated[
 _DEFAULT = SegmentConfig()
 
 
-def _segment_config(**options: object) -> SegmentConfig:
+def _segment_config(
+    lam: float | None,
+    blocks: int,
+    online: float,
+    window: float,
+    refine: bool,
+    mirror_reference: bool,
+    max_side: int | None,
+) -> SegmentConfig:
+    """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
-        return SegmentConfig(**options)  # type: ignore[arg-type]
+        return SegmentConfig(
+            lam=lam,
+            blocks=blocks,
+            online=online,
+            window=window,
+            refine=refine,
+            flip_reference=mirror_reference,
+            max_side=max_side,
+        )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
 
@@ -203,15 +220,7 @@ def segment(
     debug: Debug = False,
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
-    config = _segment_config(
-        lam=lam,
-        blocks=blocks,
-        online=online,
-        window=window,
-        refine=refine,
-        flip_reference=mirror_reference,
-        max_side=max_side,
-    )
+    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side)
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
@@ -366,15 +375,7 @@ def evaluate_cmd(
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
 
-    config = _segment_config(
-        lam=lam,
-        blocks=blocks,
-        online=online,
-        window=window,
-        refine=refine,
-        flip_reference=mirror_reference,
-        max_side=max_side,
-    )
+    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side)
     dev = pick_device(device)
 
     def job() -> None:
@@ -440,7 +441,15 @@ def bench(
     """Time every stage per frame, end-to-end s/frame, peak memory, and the k-block solve (paper Table 2)."""
     from vosrr.bench import run_bench
 
-    config = _segment_config(max_side=max_side)
+    config = _segment_config(
+        lam=None,
+        blocks=1,
+        online=_DEFAULT.online,
+        window=_DEFAULT.window,
+        refine=_DEFAULT.refine,
+        mirror_reference=_DEFAULT.flip_reference,
+        max_side=max_side,
+    )
     dev = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
