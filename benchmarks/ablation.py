@@ -26,7 +26,7 @@ from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import open_video
 
 #: the paper's inference: one solve from the reference frame, bilinear upsampling, nothing else
-PAPER = SegmentConfig(online=0.0, window=0.0, refine=False, flip_reference=False)
+PAPER = SegmentConfig(online=0.0, window=0.0, refine=False, mirror_reference=False)
 CONFIGS: dict[str, SegmentConfig] = {
     "paper (k=1, balanced)": PAPER,
     "k=2": replace(PAPER, blocks=2),
@@ -43,7 +43,7 @@ CONFIGS: dict[str, SegmentConfig] = {
     "window + refine + online 0.2": replace(PAPER, window=1.0, refine=True, online=0.2),
     "window + refine + online 0.1 (stride 2)": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
     "window 0.5 + refine + online 0.1": replace(PAPER, window=0.5, refine=True, online=0.1),
-    "default without the mirrored reference": SegmentConfig(flip_reference=False),
+    "default without the mirrored reference": SegmentConfig(mirror_reference=False),
     "default": SegmentConfig(),
 }
 

@@ -157,8 +157,8 @@ def test_window_dilation_equals_the_square_max_pool(radius: int) -> None:
 
 def test_mirrored_reference_adds_the_mirrored_frames_statistics(shipped_model) -> None:
     images, labels = make_sample.make_clip(2, 256, 448, 2, seed=7)
-    plain = Segmenter(shipped_model, SegmentConfig(flip_reference=False))
-    both = Segmenter(shipped_model, SegmentConfig(flip_reference=True))
+    plain = Segmenter(shipped_model, SegmentConfig(mirror_reference=False))
+    both = Segmenter(shipped_model, SegmentConfig(mirror_reference=True))
     state = both.start(images[0], labels[0], 2)
     work = state.work_size
     mirrored = plain.statistics(

@@ -183,7 +183,7 @@ def _segment_config(
             online=online,
             window=window,
             refine=refine,
-            flip_reference=mirror_reference,
+            mirror_reference=mirror_reference,
             max_side=max_side,
         )
     except ValueError as error:
@@ -204,7 +204,7 @@ def segment(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
-    mirror_reference: Mirror = _DEFAULT.flip_reference,
+    mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
@@ -368,7 +368,7 @@ def evaluate_cmd(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
-    mirror_reference: Mirror = _DEFAULT.flip_reference,
+    mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     debug: Debug = False,
 ) -> None:
@@ -447,7 +447,7 @@ def bench(
         online=_DEFAULT.online,
         window=_DEFAULT.window,
         refine=_DEFAULT.refine,
-        mirror_reference=_DEFAULT.flip_reference,
+        mirror_reference=_DEFAULT.mirror_reference,
         max_side=max_side,
     )
     dev = pick_device(device)

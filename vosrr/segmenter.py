@@ -60,7 +60,7 @@ class SegmentConfig:
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
     refine: bool = True
     """snap the upsampled boundaries to image edges with a guided filter"""
-    flip_reference: bool = True
+    mirror_reference: bool = True
     """also solve from the mirrored reference frame (its statistics add; one more forward pass per video)"""
     max_side: int | None = None
     """process frames whose longer side exceeds this at a reduced size (masks still at full size)"""
@@ -201,11 +201,11 @@ class Segmenter:
         work = self.work_size(*size)
         X = self.features(frame, work)
         stats = self.statistics(X, labels, num_objects + 1, work, weights)
-        if self.config.flip_reference:
+        if self.config.mirror_reference:
             mirrored = None if weights is None else np.ascontiguousarray(weights[:, ::-1])
-            X_flip = self.features(np.ascontiguousarray(frame[:, ::-1]), work)
+            X_mirror = self.features(np.ascontiguousarray(frame[:, ::-1]), work)
             stats = stats + self.statistics(
-                X_flip, np.ascontiguousarray(labels[:, ::-1]), num_objects + 1, work, mirrored
+                X_mirror, np.ascontiguousarray(labels[:, ::-1]), num_objects + 1, work, mirrored
             )
         with torch.inference_mode():
             W = solver.solve(stats, self.lam)
