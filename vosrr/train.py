@@ -172,9 +172,6 @@ class FeatureCache:
             built.append(_cached_view(model, seqs, folder / name, augment, progress))
         return cls(built, index)
 
-    def subset(self, names: list[str]) -> list[tuple[str, int, int]]:
-        return [entry for entry in self.index if entry[0] in names]
-
 
 def _cached_view(
     model: Embedder, seqs: list[Sequence], path: Path, augment: dict[str, Any] | None, progress: Any
