@@ -5,8 +5,7 @@
 Features are computed once per frame and shared; each configuration keeps its own ``VideoState`` and
 writes its own masks, which vos-benchmark then scores. Prints a table and writes ``results.json``.
 Configurations: block splitting k = 1, 2, 4, 8; class balancing off; online updates; the
-previous-mask window; refinement (the learned refiner when the checkpoint has one, else the guided
-filter); and the shipped default.
+previous-mask window; guided-filter refinement; and the shipped default.
 """
 
 from __future__ import annotations
@@ -45,11 +44,8 @@ CONFIGS: dict[str, SegmentConfig] = {
     "window + refine + online 0.1 (stride 2)": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
     "window 0.5 + refine + online 0.1": replace(PAPER, window=0.5, refine=True, online=0.1),
     "default without the mirrored reference": SegmentConfig(mirror_reference=False),
-    "default, guided filter instead of the learned refiner": SegmentConfig(),
     "default": SegmentConfig(),
 }
-#: rows that refine with the guided filter even when the checkpoint has a learned refiner
-GUIDED_FILTER = {"default, guided filter instead of the learned refiner"}
 
 
 def main() -> None:
@@ -80,16 +76,14 @@ def main() -> None:
             folder = args.out / name.replace(" ", "_") / seq.name
             folder.mkdir(parents=True, exist_ok=True)
             write_mask(folder / "00000.png", labels, fmt)
-        # one feature pass for all: with the refiner's guide when any row refines
-        anyseg = next((seg for seg in segs.values() if seg.config.refine), next(iter(segs.values())))
+        anyseg = next(iter(segs.values()))
         for index, frame in enumerate(frames, 1):
             tic = time.perf_counter()
-            X, guide = anyseg.encode(frame, states[names[0]].work_size)
+            X = anyseg.features(frame, states[names[0]].work_size)
             feature_seconds += time.perf_counter() - tic
             frames_total += 1
             for name, seg in segs.items():
-                own = None if name in GUIDED_FILTER else guide
-                states[name], out = seg.advance(states[name], frame, X, own)
+                states[name], out = seg.advance(states[name], frame, X)
                 write_mask(args.out / name.replace(" ", "_") / seq.name / f"{index:05d}.png", out, fmt)
         for name in names:
             scores[name][seq.name] = score_sequence(gt_root, args.out / name.replace(" ", "_"), seq.name)

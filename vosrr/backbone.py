@@ -14,16 +14,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v2
 
-__all__ = ["FINE_CHANNELS", "IMAGENET_MEAN", "IMAGENET_STD", "LEVEL_CHANNELS", "Trunk", "imagenet_checkpoint"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LEVEL_CHANNELS", "Trunk", "imagenet_checkpoint"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: channels of the three levels the trunk returns, at strides 8, 16 and 32
 LEVEL_CHANNELS = (32, 96, 320)
 _CUTS = (7, 14, 18)  # indices into mobilenet_v2().features that end each level
-#: channels of the stride-4 features inside the first level (what the learned refiner reads)
-FINE_CHANNELS = 24
-_FINE_CUT = 4  # mobilenet_v2().features[:4] ends at stride 4
 
 
 def imagenet_checkpoint() -> Path:
@@ -65,14 +62,3 @@ class Trunk(nn.Module):
         f16 = self.level16(f8)
         f32 = self.level32(f16)
         return f8, f16, f32
-
-    def fine(self, image: Tensor) -> Tensor:
-        """``fine(image[B,3,H,W]) -> f4[B,24,H/4,W/4]``: the stride-4 features inside the first level."""
-        return self.level8[:_FINE_CUT](image)
-
-    def fine_and_levels(self, image: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """``(f4, (f8, f16, f32))`` in one pass: ``forward`` that also keeps the stride-4 features."""
-        f4 = self.fine(image)
-        f8 = self.level8[_FINE_CUT:](f4)
-        f16 = self.level16(f8)
-        return f4, (f8, f16, self.level32(f16))

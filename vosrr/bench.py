@@ -235,24 +235,14 @@ def _time_stages(
     reference = reference[1:]
     work = state.work_size
 
-    refiner = model.refiner if segmenter.config.refine else None
-
-    def trunk(image: torch.Tensor) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The trunk's levels, with the stride-4 features when the learned refiner runs."""
-        return model.trunk.fine_and_levels(image) if refiner is not None else (None, model.trunk(image))
-
-    def _guide(f4: torch.Tensor | None, f8: torch.Tensor) -> torch.Tensor | None:
-        return None if refiner is None or f4 is None else refiner.guide(f4, f8)
-
     with torch.inference_mode():
         images = [segmenter.image(frame, work) for frame in cache]
         with segmenter.autocast():
-            levels = [trunk(image) for image in images]
-            embedded = [model.embed(level) for _, level in levels]
-            guides = [_guide(f4, level[0]) for f4, level in levels]
+            levels = [model.trunk(image) for image in images]
+            embedded = [model.embed(level) for level in levels]
         features = [X.flatten(2).transpose(1, 2)[0].float() for X in embedded]
         scores = [segmenter.scores(state, X) for X in features]
-    outs = [segmenter.labels(state, P, frame, G) for P, frame, G in zip(scores, cache, guides, strict=True)]
+    outs = [segmenter.labels(state, P) for P in scores]
     colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
     masks_dir = scratch / "stage_masks"
     masks_dir.mkdir(exist_ok=True)
@@ -262,14 +252,12 @@ def _time_stages(
 
     def backbone(i: int) -> None:
         with torch.inference_mode(), segmenter.autocast():
-            trunk(images[i % n])
+            model.trunk(images[i % n])
 
     def head(i: int) -> None:
         with torch.inference_mode():
             with segmenter.autocast():
-                f4, level = levels[i % n]
-                X = model.embed(level)
-                _guide(f4, level[0])
+                X = model.embed(levels[i % n])
             X.flatten(2).transpose(1, 2)[0].float()
 
     def predict(i: int) -> None:
@@ -282,7 +270,7 @@ def _time_stages(
                 segmenter.window(scores[i % n], state.previous)
 
     def upsample(i: int) -> None:
-        segmenter.labels(state, scores[i % n], cache[i % n], guides[i % n])
+        segmenter.labels(state, scores[i % n], cache[i % n])
 
     def online(i: int) -> None:
         if segmenter.config.online > 0:

@@ -154,11 +154,7 @@ Window = Annotated[
     typer.Option("--window", help="Keep each object within this many object-sizes of its last position (0 = off)."),
 ]
 Refine = Annotated[
-    bool,
-    typer.Option(
-        "--refine/--no-refine",
-        help="Sharpen mask boundaries: the checkpoint's learned refiner, else a guided filter.",
-    ),
+    bool, typer.Option("--refine/--no-refine", help="Snap mask boundaries to image edges (guided filter).")
 ]
 Mirror = Annotated[
     bool,
@@ -299,10 +295,6 @@ def train(
         tuple[float, float], typer.Option(help="Scale augmentation: smallest and largest resize factor.")
     ] = (0.7, 1.4),
     colour: Annotated[float, typer.Option(help="Colour augmentation: brightness/contrast/saturation jitter.")] = 0.3,
-    refiner: Annotated[int, typer.Option(help="Width of the learned boundary refiner.")] = 16,
-    refiner_epochs: Annotated[
-        int, typer.Option(help="Epochs of refiner training after phi's, phi frozen (0: no refiner).")
-    ] = 0,
     holdout: Annotated[int, typer.Option(help="Training sequences held out for validation.")] = 3,
     cache: Annotated[Path, typer.Option(help="Folder for the frozen-trunk feature cache.")] = Path("cache"),
     resume: Annotated[Path | None, typer.Option(help="Resume from a checkpoint (e.g. runs/train/last.pt).")] = None,
@@ -336,8 +328,6 @@ def train(
             lr=lr,
             weight_decay=weight_decay,
             max_gap=max_gap,
-            refiner=refiner,
-            refiner_epochs=refiner_epochs,
             holdout=holdout,
             seed=seed,
             device=str(dev),

@@ -2,8 +2,7 @@
 
 phi = ImageNet trunk (three levels) -> a light FPN head -> per-pixel L2-normalised C-1 channels and one
 constant channel (the regression's bias). The ridge solve works on these features; ``lam``, ``scale``
-and ``offset`` are learned with them (logits = scale * X W + offset). A checkpoint may also carry a
-learned boundary ``Refiner`` (``vosrr.refine``) that reads the trunk's stride-4 features.
+and ``offset`` are learned with them (logits = scale * X W + offset).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vosrr.backbone import IMAGENET_MEAN, IMAGENET_STD, LEVEL_CHANNELS, Trunk
-from vosrr.refine import Refiner
 
 __all__ = ["STRIDE", "Embedder", "Head", "ModelConfig", "padded_size"]
 
@@ -32,14 +30,10 @@ class ModelConfig:
     channels: int = 256
     width: int = 192
     lam: float = 5.0
-    refiner: int = 0
-    """width of the learned boundary refiner on stride-4 features (0: none)"""
 
     def __post_init__(self) -> None:
-        if self.channels < 2 or self.width < 1 or self.refiner < 0:
-            raise ValueError(
-                f"channels ({self.channels}) must be >= 2, width ({self.width}) >= 1 and refiner ({self.refiner}) >= 0"
-            )
+        if self.channels < 2 or self.width < 1:
+            raise ValueError(f"channels ({self.channels}) must be >= 2 and width ({self.width}) >= 1")
         if self.lam <= 0:
             raise ValueError(f"lam must be positive, got {self.lam}")
 
@@ -74,7 +68,6 @@ class Embedder(nn.Module):
         self.config = config
         self.trunk = Trunk()
         self.head = Head(config.channels, config.width)
-        self.refiner = Refiner(config.refiner) if config.refiner else None
         self.log_lam = nn.Parameter(torch.tensor(math.log(config.lam)))
         self.scale = nn.Parameter(torch.tensor(8.0))
         self.offset = nn.Parameter(torch.tensor(-4.0))
@@ -102,13 +95,6 @@ class Embedder(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """``forward(image[B,3,H',W'] preprocessed) -> X[B,C,H'/8,W'/8]``."""
         return self.embed(self.trunk(image))
-
-    def encode(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``encode(image) -> (X[B,C,H'/8,W'/8], G[B,width,H'/4,W'/4] or None)``: X and the refiner's guide."""
-        if self.refiner is None:
-            return self(image), None
-        f4, levels = self.trunk.fine_and_levels(image)
-        return self.embed(levels), self.refiner.guide(f4, levels[0])
 
     def logits(self, scores: Tensor) -> Tensor:
         """Map ridge scores ``X W`` to logits for BCEWithLogits / sigmoid."""

@@ -59,8 +59,7 @@ class SegmentConfig:
     window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
     refine: bool = True
-    """sharpen the boundaries: the checkpoint's learned refiner (stride-4 features) when it has one, else a
-    guided filter that snaps the upsampled scores to image edges"""
+    """snap the upsampled boundaries to image edges with a guided filter"""
     mirror_reference: bool = True
     """also solve from the mirrored reference frame (its statistics add; one more forward pass per video)"""
     max_side: int | None = None
@@ -173,16 +172,6 @@ class Segmenter:
                 X = self.model(image)
             return X.flatten(2).transpose(1, 2)[0].float()
 
-    def encode(self, frame: np.ndarray, work: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """``features`` and, when the learned refiner will run, its guide ``G[1,width,H'/4,W'/4]`` (else None)."""
-        if not (self.config.refine and self.model.refiner is not None):
-            return self.features(frame, work), None
-        image = self.image(frame, work)
-        with torch.inference_mode():
-            with self.autocast():
-                X, guide = self.model.encode(image)
-            return X.flatten(2).transpose(1, 2)[0].float(), guide
-
     def statistics(
         self, X: Tensor, labels: np.ndarray, num_classes: int, work: tuple[int, int], weights: np.ndarray | None = None
     ) -> Stats:
@@ -267,25 +256,25 @@ class Segmenter:
                 out[k] = P[k]
         return out
 
-    def labels(
-        self, state: VideoState, P: Tensor, frame: np.ndarray | None = None, guide: Tensor | None = None
-    ) -> np.ndarray:
-        """``P[K+1,h,w] -> labels[H,W] uint8``: upsampling to the input size, then argmax.
+    def labels(self, state: VideoState, P: Tensor, frame: np.ndarray | None = None) -> np.ndarray:
+        """``P[K+1,h,w] -> labels[H,W] uint8``: bilinear upsampling to the input size, then argmax.
 
-        With ``config.refine``: the learned refiner when the model has one and ``guide`` (from ``encode``) is
-        given, else the guided filter with ``frame``. Without: bilinear upsampling. Bilinear upsampling is
-        linear, so ``argmax_c up(P_c)`` is ``argmax`` over ``{0, up(P_c - P_0)}``: K upsampled planes, not K+1.
+        On CPU the same result comes from OpenCV at a fraction of the cost: bilinear upsampling is linear,
+        so ``argmax_c up(P_c)`` is ``argmax`` over ``{0, up(P_c - P_0)}``, found by a running maximum
+        (ties go to the lower class, as in ``argmax``) over K upsampled planes instead of K+1.
         """
-        if self.config.refine and guide is not None and self.model.refiner is not None:
-            with torch.inference_mode():
-                d = self.model.scale * (P[1:] - P[0])
-                with self.autocast():
-                    refined = self.model.refiner(guide, d[:, None].to(guide.dtype))
-                return _labels_from_differences(refined[:, 0].float(), state.work_size, state.size)
         if self.config.refine and frame is not None:
             return _labels_refined(P, state.work_size, state.size, self._resize_frame(frame, state.work_size))
+        if P.device.type == "cpu":
+            return _labels_cpu(P, state.work_size, state.size)
         with torch.inference_mode():
-            return _labels_from_differences(P[1:] - P[0], state.work_size, state.size)
+            ph, pw = padded_size(*state.work_size)
+            up = F.interpolate(P[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+            wh, ww = state.work_size
+            up = up[:, :wh, :ww]
+            if state.work_size != state.size:
+                up = F.interpolate(up[None], size=state.size, mode="bilinear", align_corners=False)[0]
+            return up.argmax(0).to(torch.uint8).cpu().numpy()
 
     def _online(self, state: VideoState, X: Tensor, P: Tensor) -> VideoState:
         """Add the confident part of this frame's own prediction to the (decaying) memory and re-solve.
@@ -312,20 +301,22 @@ class Segmenter:
 
     def step(self, state: VideoState, frame: np.ndarray) -> tuple[VideoState, np.ndarray]:
         """One frame: a forward pass, ``P = X W``, labels; plus the online update when enabled."""
+        state, P = self.step_scores(state, frame)
+        return state, self.labels(state, P, frame)
+
+    def step_scores(self, state: VideoState, frame: np.ndarray) -> tuple[VideoState, Tensor]:
+        """``step`` up to the scores ``P[K+1,h,w]``; ``labels(state, P, frame)`` finishes it (in any thread)."""
         if frame.shape[:2] != state.size:
             raise ValueError(
                 f"frame {state.frames_seen} is {frame.shape[1]}x{frame.shape[0]}, "
                 f"the video is {state.size[1]}x{state.size[0]}"
             )
-        X, guide = self.encode(frame, state.work_size)
-        return self.advance(state, frame, X, guide)
+        return self.advance_scores(state, self.features(frame, state.work_size))
 
-    def advance(
-        self, state: VideoState, frame: np.ndarray, X: Tensor, guide: Tensor | None = None
-    ) -> tuple[VideoState, np.ndarray]:
+    def advance(self, state: VideoState, frame: np.ndarray, X: Tensor) -> tuple[VideoState, np.ndarray]:
         """The part of ``step`` after the forward pass: scores, window, labels, online update."""
         state, P = self.advance_scores(state, X)
-        return state, self.labels(state, P, frame, guide)
+        return state, self.labels(state, P, frame)
 
     def advance_scores(self, state: VideoState, X: Tensor) -> tuple[VideoState, Tensor]:
         """Scores of one frame's features (window applied) and the state after it (online update included)."""
@@ -345,31 +336,19 @@ class Segmenter:
             yield out
 
 
-def _labels_from_differences(D: Tensor, work: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """``D[K,h,w]`` (each object's score minus the background's, on a grid covering the padded working frame)
-    -> ``labels[H,W]``: bilinear upsampling to the padded size, cropped to ``work``, resized to ``size``,
-    0 where every plane is <= 0, else 1 + the largest.
-
-    On CPU, OpenCV's resize (the same half-pixel rule as ``F.interpolate``) with a running maximum (ties go
-    to the lower class, as in ``argmax``); elsewhere ``F.interpolate``.
-    """
+def _labels_cpu(P: Tensor, work: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """``Segmenter.labels`` on CPU: OpenCV's bilinear resize (the same half-pixel rule as ``F.interpolate``)."""
+    with torch.inference_mode():
+        p = P.float().numpy()
     ph, pw = padded_size(*work)
-    if D.device.type != "cpu":
-        up = F.interpolate(D[None].float(), size=(ph, pw), mode="bilinear", align_corners=False)[0]
-        up = up[:, : work[0], : work[1]]
-        if work != size:
-            up = F.interpolate(up[None], size=size, mode="bilinear", align_corners=False)[0]
-        best, index = up.max(0)
-        return torch.where(best > 0, index + 1, 0).to(torch.uint8).cpu().numpy()
-    d_all = D.float().numpy()
     out = np.zeros(size, np.uint8)
     best = np.zeros(size, np.float32)
-    for c in range(d_all.shape[0]):
-        d = cv2.resize(d_all[c], (pw, ph), interpolation=cv2.INTER_LINEAR)[: work[0], : work[1]]
+    for c in range(1, p.shape[0]):
+        d = cv2.resize(p[c] - p[0], (pw, ph), interpolation=cv2.INTER_LINEAR)[: work[0], : work[1]]
         if work != size:
             d = cv2.resize(d, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         above = d > best
-        out[above] = c + 1
+        out[above] = c
         np.maximum(best, d, out=best)
     return out
 

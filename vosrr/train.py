@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from vosrr.davis import Sequence, sequences
 from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
 from vosrr.masks import targets
 
-__all__ = ["FeatureCache", "TrainConfig", "evaluate_episodes", "evaluate_refiner", "train", "train_one_epoch"]
+__all__ = ["FeatureCache", "TrainConfig", "evaluate_episodes", "train", "train_one_epoch"]
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,6 @@ class TrainConfig:
     """scale augmentation: the range of the resize factor (log-uniform)"""
     colour: float = 0.3
     """colour augmentation: brightness, contrast and saturation by up to this factor, hue by a tenth of it"""
-    refiner: int = 16
-    """width of the learned boundary refiner (``vosrr.refine.Refiner``)"""
-    refiner_epochs: int = 0
-    """epochs of refiner training after phi's epochs, phi frozen (0: no refiner)"""
     holdout: int = 3
     """training sequences held out for validation"""
     seed: int = 0
@@ -88,10 +84,8 @@ class TrainConfig:
             raise ValueError(f"--train-stages must be 0, 1 or 2, got {self.train_stages}")
         if self.channels % self.blocks:
             raise ValueError(f"--blocks {self.blocks} must divide --channels {self.channels}")
-        if min(self.epochs, self.steps, self.batch, self.refs, self.views, self.refiner) < 1:
-            raise ValueError("--epochs, --steps, --batch, --refs, --views and --refiner must be at least 1")
-        if self.refiner_epochs < 0:
-            raise ValueError(f"--refiner-epochs must be at least 0, got {self.refiner_epochs}")
+        if min(self.epochs, self.steps, self.batch, self.refs, self.views) < 1:
+            raise ValueError("--epochs, --steps, --batch, --refs and --views must be at least 1")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"--scale must be 0 < min <= max, got {self.scale}")
         if not 0 <= self.colour < 1:
@@ -142,8 +136,6 @@ class CachedView:
     levels: list[Tensor]
     Y: Tensor
     valid: Tensor
-    augment: dict[str, Any] | None = None
-    """how the view was made (None: the frames as they are); ``view_frame`` re-creates its pixels"""
 
 
 class FeatureCache:
@@ -181,22 +173,6 @@ class FeatureCache:
         return cls(built, index)
 
 
-def view_frame(
-    frame: Path, mask: Path, augment: dict[str, Any] | None, row: int
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Frame ``row`` of the training set as a cached view sees it: ``(image[H,W,3] uint8, labels[H,W], known)``.
-
-    ``augment`` None: the frame itself (``known`` None: everything known); otherwise ``augment_frame`` seeded
-    by the view's seed, its number and the row, so the same call always gives the same pixels.
-    """
-    image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
-    labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
-    if augment is None:
-        return image, labels, None
-    rng = random.Random(f"{augment['seed']}:{augment['view']}:{row}")
-    return augment_frame(image, labels, rng, augment["scale"], augment["colour"])
-
-
 def _cached_view(
     model: Embedder, seqs: list[Sequence], path: Path, augment: dict[str, Any] | None, progress: Any
 ) -> CachedView:
@@ -204,7 +180,7 @@ def _cached_view(
     if path.is_file():
         data = torch.load(path, weights_only=True, mmap=True)
         if data["names"] == names and data.get("augment") == augment:
-            return CachedView(data["levels"], data["Y"], data["valid"], augment)
+            return CachedView(data["levels"], data["Y"], data["valid"])
     total = sum(len(s.frames) for s in seqs)
     first = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
     h, w = first.shape[:2]
@@ -219,12 +195,18 @@ def _cached_view(
     row = 0
     for seq in seqs:
         for frame, mask in zip(seq.frames, seq.masks, strict=True):
-            image, labels, known = view_frame(frame, mask, augment, row)
+            image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
+            labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
             if image.shape[:2] != (h, w):
                 raise ValueError(f"{frame} is not {w}x{h}; the feature cache needs one frame size")
+            known = None
+            if augment is not None:
+                rng = random.Random(f"{augment['seed']}:{augment['view']}:{row}")
+                image, labels, known = augment_frame(image, labels, rng, augment["scale"], augment["colour"])
+                known = known[None]
             with torch.inference_mode():
                 out = model.trunk(model.preprocess(image[None]))
-                y, v = targets(labels[None], 2, (ph, pw), STRIDE, None if known is None else known[None])
+                y, v = targets(labels[None], 2, (ph, pw), STRIDE, known)
             for store, value in zip(levels, out, strict=True):
                 store[row] = value[0].half()
             Y[row], valid[row] = y[0].half(), v[0].half()
@@ -237,7 +219,7 @@ def _cached_view(
     partial = path.with_name(path.name + ".partial")
     torch.save({"names": names, "augment": augment, "levels": levels, "Y": Y, "valid": valid}, partial)
     os.replace(partial, path)
-    return CachedView(levels, Y, valid, augment)
+    return CachedView(levels, Y, valid)
 
 
 def _crop_levels(
@@ -257,60 +239,28 @@ def _crop_levels(
     return out, Y.reshape(-1, 2), valid.reshape(-1)
 
 
-@dataclass(frozen=True)
-class Pick:
-    """One frame of an episode: a cache row, the view it comes from, a crop (stride-32 cells), a mirror flag."""
-
-    row: int
-    view: int
-    top: int
-    left: int
-    flip: bool
-
-
-def sample_episodes(
+def sample_batch(
     cache: FeatureCache, videos: list[tuple[str, int, int]], config: TrainConfig, rng: random.Random
-) -> list[list[Pick]]:
-    """``config.batch`` episodes of ``config.refs`` reference frames and one query (last), each a ``Pick``.
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``.
 
-    References lie within ``max_gap`` frames of the query; each frame gets a random view, crop and mirror.
+    Each frame of an episode comes from a random view of the cache, at a random crop, mirrored or not.
     """
-    ch, cw = _crop_cells(cache, config)
+    ch, cw = config.crop
     H, W = cache.views[0].levels[2].shape[-2:]
-    episodes = []
+    ch, cw = min(ch, H), min(cw, W)
+    levels: list[list[Tensor]] = [[], [], []]
+    ys, vs = [], []
     for _ in range(config.batch):
         _, start, count = rng.choice(videos)
         query = rng.randrange(count)
         lo, hi = max(0, query - config.max_gap), min(count - 1, query + config.max_gap)
-        rows = [start + rng.randint(lo, hi) for _ in range(config.refs)] + [start + query]
-        episode = []
-        for row in rows:
-            view = rng.randrange(len(cache.views))
-            top, left = rng.randint(0, H - ch), rng.randint(0, W - cw)
-            episode.append(Pick(row, view, top, left, rng.random() < 0.5))
-        episodes.append(episode)
-    return episodes
-
-
-def _crop_cells(cache: FeatureCache, config: TrainConfig) -> tuple[int, int]:
-    H, W = cache.views[0].levels[2].shape[-2:]
-    return min(config.crop[0], H), min(config.crop[1], W)
-
-
-def gather_batch(
-    cache: FeatureCache, episodes: list[list[Pick]], config: TrainConfig
-) -> tuple[list[Tensor], Tensor, Tensor]:
-    """The cached levels and targets of episodes.
-
-    Returns ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``.
-    """
-    ch, cw = _crop_cells(cache, config)
-    levels: list[list[Tensor]] = [[], [], []]
-    ys, vs = [], []
-    for episode in episodes:
+        picks = [start + rng.randint(lo, hi) for _ in range(config.refs)] + [start + query]
         ey, ev = [], []
-        for pick in episode:
-            lv, y, v = _crop_levels(cache.views[pick.view], pick.row, pick.top, pick.left, ch, cw, pick.flip)
+        for row in picks:
+            view = cache.views[rng.randrange(len(cache.views))]
+            top, left = rng.randint(0, H - ch), rng.randint(0, W - cw)
+            lv, y, v = _crop_levels(view, row, top, left, ch, cw, rng.random() < 0.5)
             for store, x in zip(levels, lv, strict=True):
                 store.append(x)
             ey.append(y)
@@ -318,38 +268,6 @@ def gather_batch(
         ys.append(torch.stack(ey))
         vs.append(torch.stack(ev))
     return [torch.stack(s).float() for s in levels], torch.stack(ys).float(), torch.stack(vs).float()
-
-
-def sample_batch(
-    cache: FeatureCache, videos: list[tuple[str, int, int]], config: TrainConfig, rng: random.Random
-) -> tuple[list[Tensor], Tensor, Tensor]:
-    """A batch of episodes (``sample_episodes``) with their cached levels and targets (``gather_batch``)."""
-    return gather_batch(cache, sample_episodes(cache, videos, config, rng), config)
-
-
-def crop_pixels(
-    cache: FeatureCache, frames: list[tuple[Path, Path]], pick: Pick, config: TrainConfig
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The pixels of a pick: ``(image[h,w,3] uint8, labels[h,w], known[h,w])``, h x w = the crop x 32.
-
-    The frame is re-created as its view was (``view_frame``), padded as phi pads it (replicate; the pad
-    unknown), then cropped and mirrored like the pick's cached features.
-    """
-    frame, mask = frames[pick.row]
-    image, labels, known = view_frame(frame, mask, cache.views[pick.view].augment, pick.row)
-    h, w = labels.shape
-    if known is None:
-        known = torch.ones(h, w)
-    ph, pw = padded_size(h, w)
-    image = F.pad(image.permute(2, 0, 1)[None].float(), (0, pw - w, 0, ph - h), mode="replicate")[0]
-    labels = F.pad(labels, (0, pw - w, 0, ph - h))
-    known = F.pad(known, (0, pw - w, 0, ph - h))
-    ch, cw = _crop_cells(cache, config)
-    y0, x0, y1, x1 = pick.top * 32, pick.left * 32, (pick.top + ch) * 32, (pick.left + cw) * 32
-    out = [image[:, y0:y1, x0:x1].permute(1, 2, 0).round().to(torch.uint8), labels[y0:y1, x0:x1], known[y0:y1, x0:x1]]
-    if pick.flip:
-        out = [t.flip(1) for t in out]
-    return out[0].contiguous(), out[1].contiguous(), out[2].contiguous()
 
 
 # ------------------------------------------------------------------------------------------ model pieces
@@ -386,54 +304,6 @@ def episode_loss(
     return loss, iou
 
 
-def refiner_loss(
-    model: Embedder,
-    cache: FeatureCache,
-    frames: list[tuple[Path, Path]],
-    episodes: list[list[Pick]],
-    config: TrainConfig,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """BCEWithLogits of the refiner's query logits at full resolution, phi frozen; ``(loss, IoU per episode)``.
-
-    The query's stride-8 logit comes from the solve as in ``episode_loss`` (without gradients); the refiner
-    reads it with the query's stride-4 features (recomputed from its pixels) and stride-8 features (cached).
-    """
-    if model.refiner is None:
-        raise ValueError("the model has no refiner; build it with ModelConfig(refiner=width)")
-    levels, Y, valid = gather_batch(cache, episodes, config)
-    b, n = Y.shape[:2]
-    levels = [x.to(device) for x in levels]
-    Y, valid = Y.to(device), valid.to(device)
-    pixels = [crop_pixels(cache, frames, episode[-1], config) for episode in episodes]
-    images = torch.stack([p[0] for p in pixels]).to(device)
-    gt = torch.stack([p[1] for p in pixels]).float().to(device)
-    known = torch.stack([p[2] for p in pixels]).to(device)
-    with torch.no_grad():
-        X = model.embed(trainable_levels(model, levels, config.train_stages))
-        X = X.flatten(2).transpose(1, 2).unflatten(0, (b, n))
-        ref_Y, ref_v = Y[:, :-1].flatten(1, 2), valid[:, :-1].flatten(1, 2)
-        W = solver.fit(X[:, :-1].flatten(1, 2), ref_Y, model.lam, solver.balanced_weights(ref_Y, ref_v), config.blocks)
-        P = solver.predict(X[:, -1], W)
-        h, w = levels[0].shape[-2:]
-        d = (model.scale * (P[..., 1] - P[..., 0])).view(b, 1, h, w)
-        f4 = model.trunk.fine(model.preprocess(images))
-    f8 = levels[0].unflatten(0, (b, n))[:, -1]
-    logits = model.refiner(model.refiner.guide(f4, f8), d)
-    up = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    bce = F.binary_cross_entropy_with_logits(up, gt, reduction="none")
-    loss = (bce * known).sum() / known.sum().clamp_min(1)
-    with torch.no_grad():
-        iou = _iou((up > 0).float().flatten(1), gt.flatten(1), known.flatten(1))
-    return loss, iou
-
-
-def _iou(pred: Tensor, gt: Tensor, known: Tensor) -> Tensor:
-    """``pred, gt, known [B,N] -> IoU[B]`` over known pixels (1 where both are empty)."""
-    inter, union = (pred * gt * known).sum(-1), ((pred + gt).clamp(max=1) * known).sum(-1)
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-
-
 def train_one_epoch(
     model: Embedder,
     optimizer: torch.optim.Optimizer,
@@ -444,27 +314,15 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     progress: Any = None,
     device: torch.device | None = None,
-    frames: list[tuple[Path, Path]] | None = None,
 ) -> dict[str, float]:
-    """One epoch of ``config.steps`` steps: phi through the solve, or (``frames`` given) the refiner on frozen phi.
-
-    ``frames``: ``(jpeg, mask)`` of every cache row, for the refiner's pixels.
-    """
     device = device or torch.device("cpu")
-    if frames is None:
-        model.train()
-    else:  # phi frozen: its batch norms keep their statistics
-        model.eval()
+    model.train()
     task = progress.add_task("epoch", total=config.steps) if progress else None
     losses, ious = [], []
     for step in range(config.steps):
-        episodes = sample_episodes(cache, videos, config, rng)
-        if frames is None:
-            levels, Y, valid = gather_batch(cache, episodes, config)
-            levels = [x.to(device) for x in levels]
-            loss, iou = episode_loss(model, levels, Y.to(device), valid.to(device), config)
-        else:
-            loss, iou = refiner_loss(model, cache, frames, episodes, config, device)
+        levels, Y, valid = sample_batch(cache, videos, config, rng)
+        levels = [x.to(device) for x in levels]
+        loss, iou = episode_loss(model, levels, Y.to(device), valid.to(device), config)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -522,46 +380,6 @@ def evaluate_episodes(
     return {"val_iou": float(np.mean(ious))}
 
 
-def evaluate_refiner(
-    model: Embedder,
-    cache: FeatureCache,
-    frames: list[tuple[Path, Path]],
-    videos: list[tuple[str, int, int]],
-    config: TrainConfig,
-    every: int = 5,
-    device: torch.device | None = None,
-) -> dict[str, float]:
-    """Held-out check of the refiner: W from each video's first frame; full-resolution IoU on every
-    ``every``-th frame, refined (``val_iou``) and plainly upsampled (``val_iou_coarse``)."""
-    if model.refiner is None:
-        raise ValueError("the model has no refiner; build it with ModelConfig(refiner=width)")
-    device = device or torch.device("cpu")
-    model.eval()
-    coarse, refined = [], []
-    with torch.no_grad():
-        for _, start, count in videos:
-            rows = [start, *range(start + every, start + count, every)]
-            view = cache.views[0]
-            levels = [lv[rows].float().to(device) for lv in view.levels]
-            Y, valid = view.Y[rows].float().to(device), view.valid[rows].float().to(device)
-            X = model.embed(trainable_levels(model, levels, config.train_stages)).flatten(2).transpose(1, 2)
-            W = solver.fit(X[0], Y[0], model.lam, solver.balanced_weights(Y[0], valid[0]), config.blocks)
-            P = solver.predict(X[1:], W)
-            h, w = levels[0].shape[-2:]
-            d = (model.scale * (P[..., 1] - P[..., 0])).view(-1, 1, h, w)
-            for i, row in enumerate(rows[1:]):
-                image, labels, _ = view_frame(*frames[row], None, row)
-                H, W_ = labels.shape
-                f4 = model.trunk.fine(model.preprocess(image[None].to(device)))
-                logits = model.refiner(model.refiner.guide(f4, levels[0][i + 1 : i + 2]), d[i : i + 1])
-                gt = labels.float().flatten()[None].to(device)
-                ones = torch.ones_like(gt)
-                for out, store in ((d[i : i + 1], coarse), (logits, refined)):
-                    up = F.interpolate(out, size=(h * STRIDE, w * STRIDE), mode="bilinear", align_corners=False)
-                    store.append(_iou((up[0, 0, :H, :W_] > 0).float().flatten()[None], gt, ones).item())
-    return {"val_iou": float(np.mean(refined)), "val_iou_coarse": float(np.mean(coarse))}
-
-
 # ------------------------------------------------------------------------------------------ driver
 def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
     params = [*model.head.parameters(), model.log_lam, model.scale, model.offset]
@@ -573,11 +391,7 @@ def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
 
 
 def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
-    """Train (or resume) and write ``<out>/last.pt`` every epoch and ``<out>/best.pt`` on validation gains.
-
-    Two phases: ``epochs`` of phi through the solve, then (``refiner_epochs`` > 0) the boundary refiner on
-    the best phi, frozen. Epochs are numbered across both, so ``--resume`` continues either phase.
-    """
+    """Train (or resume) and write ``<out>/last.pt`` every epoch and ``<out>/best.pt`` on validation gains."""
     device = torch.device(config.device)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:  # launched by torchrun: one process per GPU (or CPU worker), gradients averaged
@@ -593,33 +407,22 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     seqs = sequences(config.davis, "train")
     names = sorted(s.name for s in seqs)
     held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
-    refiner = config.refiner if config.refiner_epochs else 0
-    model = Embedder(ModelConfig(config.channels, config.width, config.lam, refiner))
+    model = Embedder(ModelConfig(config.channels, config.width, config.lam))
     try:
         model.trunk.load_imagenet()
     except FileNotFoundError as error:
         raise WeightsError(str(error)) from error
-    start_epoch, history = 0, []
-    best = {"embedder": -1.0, "refiner": -1.0}
+    start_epoch, best, history = 0, -1.0, []
     optimizer_state = scheduler_state = None
     if config.resume is not None:
         payload = load_checkpoint(config.resume)
         model = Embedder(ModelConfig(**payload["config"]))
         model.load_state_dict(payload["model"])
-        start_epoch = payload["epoch"] + 1
-        best = {"embedder": payload.get("best", -1.0), "refiner": payload.get("best_refiner", -1.0)}
+        start_epoch, best = payload["epoch"] + 1, payload.get("best", -1.0)
         history = payload.get("history", [])
         optimizer_state, scheduler_state = payload.get("optimizer"), payload.get("scheduler")
         rng.setstate(_rng_state(payload.get("rng")))
         log(f"resuming {config.resume} at epoch {start_epoch}")
-    if config.refiner_epochs and model.refiner is None:  # resuming a run that had no refiner: add a fresh one
-        if start_epoch > config.epochs:
-            raise ValueError(f"{config.resume} is past epoch {config.epochs} but has no refiner")
-        grown = Embedder(replace(model.config, refiner=config.refiner))
-        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-        if unexpected or any(not key.startswith("refiner.") for key in missing):
-            raise ValueError(f"cannot add a refiner to {config.resume}: {missing + unexpected}")
-        model = grown
     if world > 1:  # every rank starts from rank 0's weights (their random inits differ)
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
@@ -630,78 +433,14 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
         dist.barrier()
     if rank != 0:
         cache = FeatureCache.build(model, seqs, config.cache, **views)
-    frames = [pair for seq in seqs for pair in zip(seq.frames, seq.masks, strict=True)]
     model.to(device)
     train_videos = [v for v in cache.index if v[0] not in held]
     val_videos = [v for v in cache.index if v[0] in held]
-    config.out.mkdir(parents=True, exist_ok=True)
-    log(f"train {len(train_videos)} videos, held out {held}")
-    phases = [("embedder", 0, config.epochs), ("refiner", config.epochs, config.epochs + config.refiner_epochs)]
-    for phase, first, end in phases:
-        if start_epoch >= end or first >= end:
-            continue
-        if phase == "refiner" and start_epoch == first and (config.out / "best.pt").is_file():
-            state = load_checkpoint(config.out / "best.pt")["model"]  # the best phi (with no or an untrained refiner)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if unexpected or any(not key.startswith("refiner.") for key in missing):
-                raise ValueError(f"{config.out / 'best.pt'} is not a phi of this run: {missing + unexpected}")
-            log(f"refiner phase on the best phi, {config.out / 'best.pt'}")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        params = _parameters(model, config.train_stages) if phase == "embedder" else _refiner_parameters(model)
-        for p in params:
-            p.requires_grad_(True)
-        log(f"{phase}: {sum(p.numel() for p in params):,} trained parameters")
-        optimizer, scheduler = _optimizer(params, config, (end - first) * config.steps)
-        if start_epoch > first and optimizer_state is not None:  # resumed within this phase
-            optimizer.load_state_dict(optimizer_state)
-            if scheduler_state is not None:
-                scheduler.load_state_dict(scheduler_state)
-        refining = phase == "refiner"
-        for epoch in range(max(start_epoch, first), end):
-            tic = time.perf_counter()
-            stats = train_one_epoch(
-                model, optimizer, cache, train_videos, config, rng, scheduler, progress, device,
-                frames if refining else None,
-            )  # fmt: skip
-            if rank != 0:
-                continue
-            if val_videos and refining:
-                stats.update(evaluate_refiner(model, cache, frames, val_videos, config, device=device))
-            elif val_videos:
-                stats.update(evaluate_episodes(model, cache, val_videos, config, device=device))
-            stats.update(epoch=epoch, phase=phase, seconds=time.perf_counter() - tic, lam=model.lam.item())
-            history.append(stats)
-            log(json.dumps(stats))
-            score = stats.get("val_iou", -stats["loss"])
-            improved = score > best[phase]
-            best[phase] = max(best[phase], score)
-            extra = {
-                "epoch": epoch,
-                "best": best["embedder"],
-                "best_refiner": best["refiner"],
-                "history": history,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_payload(rng),
-                "train_config": _plain(asdict(config)),
-            }
-            save_checkpoint(config.out / "last.pt", model, **extra)
-            if improved:
-                save_checkpoint(config.out / "best.pt", model, **extra)
-    return config.out / "best.pt"
-
-
-def _refiner_parameters(model: Embedder) -> list[nn.Parameter]:
-    if model.refiner is None:
-        raise ValueError("the model has no refiner")
-    return list(model.refiner.parameters())
-
-
-def _optimizer(
-    params: list[nn.Parameter], config: TrainConfig, total: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimizer of ``params`` and its schedule: 50 warm-up steps, then cosine to zero at ``total``."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = _parameters(model, config.train_stages)
+    for p in params:
+        p.requires_grad_(True)
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -710,10 +449,40 @@ def _optimizer(
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer must be sgd or adamw, got {config.optimizer!r}")
+    total = config.epochs * config.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
-    return optimizer, scheduler
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    config.out.mkdir(parents=True, exist_ok=True)
+    log(f"train {len(train_videos)} videos, held out {held}; {sum(p.numel() for p in params):,} trained parameters")
+    for epoch in range(start_epoch, config.epochs):
+        tic = time.perf_counter()
+        stats = train_one_epoch(model, optimizer, cache, train_videos, config, rng, scheduler, progress, device)
+        if rank != 0:
+            continue
+        stats.update(evaluate_episodes(model, cache, val_videos, config, device=device) if val_videos else {})
+        stats.update(epoch=epoch, seconds=time.perf_counter() - tic, lam=model.lam.item())
+        history.append(stats)
+        log(json.dumps(stats))
+        score = stats.get("val_iou", -stats["loss"])
+        extra = {
+            "epoch": epoch,
+            "best": max(best, score),
+            "history": history,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_payload(rng),
+            "train_config": _plain(asdict(config)),
+        }
+        save_checkpoint(config.out / "last.pt", model, **extra)
+        if score > best:
+            best = score
+            save_checkpoint(config.out / "best.pt", model, **extra)
+    return config.out / "best.pt"
 
 
 def _plain(value: Any) -> Any:
