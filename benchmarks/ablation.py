@@ -5,7 +5,8 @@
 Features are computed once per frame and shared; each configuration keeps its own ``VideoState`` and
 writes its own masks, which vos-benchmark then scores. Prints a table and writes ``results.json``.
 Configurations: block splitting k = 1, 2, 4, 8; class balancing off; online updates; the
-previous-mask window; guided-filter refinement; and the shipped default.
+previous-mask window; guided-filter refinement; the mirrored reference; lambda other than the learned one;
+and the shipped default. Configuration names hold no commas (``--configs`` splits on them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vosrr.video import open_video
 #: the paper's inference: one solve from the reference frame, bilinear upsampling, nothing else
 PAPER = SegmentConfig(online=0.0, window=0.0, refine=False, mirror_reference=False)
 CONFIGS: dict[str, SegmentConfig] = {
-    "paper (k=1, balanced)": PAPER,
+    "paper (k=1 balanced)": PAPER,
     "k=2": replace(PAPER, blocks=2),
     "k=4": replace(PAPER, blocks=4),
     "k=8": replace(PAPER, blocks=8),
@@ -44,6 +45,9 @@ CONFIGS: dict[str, SegmentConfig] = {
     "window + refine + online 0.1 (stride 2)": replace(PAPER, window=1.0, refine=True, online=0.1, online_stride=2),
     "window 0.5 + refine + online 0.1": replace(PAPER, window=0.5, refine=True, online=0.1),
     "default without the mirrored reference": SegmentConfig(mirror_reference=False),
+    "default with lambda 1.25": SegmentConfig(lam=1.25),
+    "default with lambda 2.5": SegmentConfig(lam=2.5),
+    "default with lambda 10": SegmentConfig(lam=10.0),
     "default": SegmentConfig(),
 }
 

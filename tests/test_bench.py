@@ -147,3 +147,18 @@ def test_cuda_path_agrees_with_cpu(tiny_weights: Path) -> None:
         cpu_state, expected = cpu.step(cpu_state, image)
         gpu_state, got = gpu.step(gpu_state, image)
         assert got.shape == expected.shape and (got == expected).mean() > 0.97
+
+
+def test_every_ablation_configuration_can_be_selected_by_name() -> None:
+    """``benchmarks/ablation.py --configs`` splits on commas: every configuration name must survive that."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    assert spec is not None and spec.loader is not None
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    names = list(ablation.CONFIGS)
+    selected = [n.strip() for n in ",".join(names).split(",")]
+    assert selected == names
+    assert ablation.CONFIGS["paper (k=1 balanced)"] == ablation.PAPER
