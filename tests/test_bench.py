@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -151,8 +152,6 @@ def test_cuda_path_agrees_with_cpu(tiny_weights: Path) -> None:
 
 def test_every_ablation_configuration_can_be_selected_by_name() -> None:
     """``benchmarks/ablation.py --configs`` splits on commas: every configuration name must survive that."""
-    import importlib.util
-
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
     spec = importlib.util.spec_from_file_location("ablation", path)
     assert spec is not None and spec.loader is not None
