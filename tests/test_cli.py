@@ -182,3 +182,32 @@ def test_no_mirror_reference_option(clip, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     last = np.asarray(Image.open(out / "masks" / "00003.png"))
     assert np.mean([iou(last, truth[3], k) for k in (1, 2)]) > 0.75
+
+
+def test_flipped_features_are_mirror_equivariant(shipped_model) -> None:
+    images, labels = make_sample.make_clip(2, 192, 320, 1, seed=3)  # 320 = 10 x 32: the padded image is the image
+    plain = Segmenter(shipped_model, SegmentConfig(flip=False))
+    flip = Segmenter(shipped_model, SegmentConfig(flip=True))
+    work = (192, 320)
+    grid = (192 // 8, 320 // 8, -1)
+    X = flip.features(images[0], work).view(grid)
+    X_mirror = flip.features(np.ascontiguousarray(images[0][:, ::-1]), work).view(grid)
+    torch.testing.assert_close(X_mirror, X.flip(1), rtol=1e-4, atol=1e-5)
+    X_plain = plain.features(images[0], work).view(grid)
+    assert not torch.allclose(X_plain, X_plain.flip(1), atol=1e-3)  # the network alone is not symmetric
+    state = flip.start(images[0], labels[0], 1)
+    _, out = flip.step(state, images[1])
+    assert iou(out, labels[1], 1) > 0.85
+
+
+def test_scale_processes_larger_and_max_side_still_caps_it(shipped_model) -> None:
+    images, labels = make_sample.make_clip(2, 240, 400, 1, seed=4)
+    seg = Segmenter(shipped_model, SegmentConfig(scale=1.5))
+    state = seg.start(images[0], labels[0], 1)
+    assert state.work_size == (360, 600)
+    _, out = seg.step(state, images[1])
+    assert out.shape == (240, 400)
+    assert iou(out, labels[1], 1) > 0.85
+    assert Segmenter(shipped_model, SegmentConfig(scale=1.5, max_side=500)).work_size(240, 400) == (300, 500)
+    with pytest.raises(ValueError, match="scale"):
+        SegmentConfig(scale=0.0)

@@ -163,6 +163,14 @@ Mirror = Annotated[
         help="Also solve from the mirrored first frame (one more forward pass per video).",
     ),
 ]
+Scale = Annotated[
+    float,
+    typer.Option("--scale", help="Process frames at this multiple of their size (>1: finer masks, slower)."),
+]
+Flip = Annotated[
+    bool,
+    typer.Option("--flip/--no-flip", help="Average each frame's features with its mirror image's (2 passes a frame)."),
+]
 _DEFAULT = SegmentConfig()
 
 
@@ -174,6 +182,8 @@ def _segment_config(
     refine: bool,
     mirror_reference: bool,
     max_side: int | None,
+    scale: float = _DEFAULT.scale,
+    flip: bool = _DEFAULT.flip,
 ) -> SegmentConfig:
     """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
@@ -185,6 +195,8 @@ def _segment_config(
             refine=refine,
             mirror_reference=mirror_reference,
             max_side=max_side,
+            scale=scale,
+            flip=flip,
         )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
@@ -206,6 +218,8 @@ def segment(
     refine: Refine = _DEFAULT.refine,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
+    scale: Scale = _DEFAULT.scale,
+    flip: Flip = _DEFAULT.flip,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
     ] = None,
@@ -220,7 +234,7 @@ def segment(
     debug: Debug = False,
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
-    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side)
+    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
@@ -370,12 +384,14 @@ def evaluate_cmd(
     refine: Refine = _DEFAULT.refine,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
+    scale: Scale = _DEFAULT.scale,
+    flip: Flip = _DEFAULT.flip,
     debug: Debug = False,
 ) -> None:
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
 
-    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side)
+    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
     dev = pick_device(device)
 
     def job() -> None:

@@ -64,6 +64,10 @@ class SegmentConfig:
     """also solve from the mirrored reference frame (its statistics add; one more forward pass per video)"""
     max_side: int | None = None
     """process frames whose longer side exceeds this at a reduced size (masks still at full size)"""
+    scale: float = 1.0
+    """process frames at this multiple of their size (before ``max_side``): above 1 finer features, slower"""
+    flip: bool = False
+    """test-time mirroring: features are the mean of the frame's and its mirror image's (two passes a frame)"""
 
     def __post_init__(self) -> None:
         if self.blocks not in (1, 2, 4, 8, 16):
@@ -78,6 +82,8 @@ class SegmentConfig:
             raise ValueError(f"window must be >= 0, got {self.window}")
         if self.max_side is not None and self.max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {self.max_side}")
+        if not 0.25 <= self.scale <= 4:
+            raise ValueError(f"scale must be in [0.25, 4], got {self.scale}")
 
 
 @dataclass
@@ -119,16 +125,19 @@ class Segmenter:
 
     # ----------------------------------------------------------------- geometry
     def work_size(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.config.scale
         side = self.config.max_side
-        if side is None or max(height, width) <= side:
+        if side is not None and max(height, width) * scale > side:
+            scale = side / max(height, width)
+        if scale == 1:
             return height, width
-        scale = side / max(height, width)
         return max(8, round(height * scale)), max(8, round(width * scale))
 
     def _resize_frame(self, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if frame.shape[:2] == size:
             return frame
-        return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        shrink = size[0] * size[1] < frame.shape[0] * frame.shape[1]
+        return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     @property
     def lam(self) -> float | Tensor:
@@ -168,8 +177,12 @@ class Segmenter:
         """``frame[H,W,3] uint8 -> X[h*w, C]`` float32 at the working size (inference mode)."""
         image = self.image(frame, work)
         with torch.inference_mode():
+            if self.config.flip:  # the padded image is mirrored, so the two grids align cell for cell
+                image = torch.cat([image, image.flip(-1)])
             with self.autocast():
                 X = self.model(image)
+            if self.config.flip:
+                X = (X[:1] + X[1:].flip(-1)) / 2
             return X.flatten(2).transpose(1, 2)[0].float()
 
     def statistics(
