@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vosrr.backbone import IMAGENET_MEAN, IMAGENET_STD, LEVEL_CHANNELS, Trunk
+from vosrr.backbone import TRUNKS, Trunk
 
 __all__ = ["STRIDE", "Embedder", "Head", "ModelConfig", "padded_size"]
 
@@ -25,13 +25,17 @@ _PAD_MULTIPLE = 32
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of phi. ``channels`` is C (the constant bias channel included); ``width`` is the head's inner width."""
+    """Shape of phi. ``channels`` is C (the constant bias channel included); ``width`` is the head's inner width;
+    ``trunk`` one of ``backbone.TRUNKS``."""
 
     channels: int = 256
     width: int = 192
     lam: float = 5.0
+    trunk: str = "mobilenet_v2"
 
     def __post_init__(self) -> None:
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"unknown trunk {self.trunk!r}; choose one of {', '.join(TRUNKS)}")
         if self.channels < 2 or self.width < 1:
             raise ValueError(f"channels ({self.channels}) must be >= 2 and width ({self.width}) >= 1")
         if self.lam <= 0:
@@ -41,9 +45,9 @@ class ModelConfig:
 class Head(nn.Module):
     """``Head(f8, f16, f32) -> X[B,C,H/8,W/8]``: lateral 1x1 convs, upsample-and-sum, depthwise 3x3, 1x1 out."""
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int, width: int, levels: tuple[int, int, int]) -> None:
         super().__init__()
-        c8, c16, c32 = LEVEL_CHANNELS
+        c8, c16, c32 = levels
         self.lateral8 = nn.Conv2d(c8, width, 1)
         self.lateral16 = nn.Conv2d(c16, width, 1)
         self.lateral32 = nn.Conv2d(c32, width, 1)
@@ -66,13 +70,13 @@ class Embedder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.trunk = Trunk()
-        self.head = Head(config.channels, config.width)
+        self.trunk = Trunk(config.trunk)
+        self.head = Head(config.channels, config.width, self.trunk.spec.channels)
         self.log_lam = nn.Parameter(torch.tensor(math.log(config.lam)))
         self.scale = nn.Parameter(torch.tensor(8.0))
         self.offset = nn.Parameter(torch.tensor(-4.0))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(self.trunk.spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.trunk.spec.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def lam(self) -> Tensor:

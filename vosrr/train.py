@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from vosrr import solver
-from vosrr.backbone import IMAGENET_MEAN
+from vosrr.backbone import IMAGENET_MEAN, TRUNKS
 from vosrr.checkpoint import WeightsError, load_checkpoint, save_checkpoint
 from vosrr.davis import Sequence, sequences
 from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
@@ -45,6 +45,8 @@ class TrainConfig:
     channels: int = 256
     width: int = 192
     lam: float = 5.0
+    trunk: str = "mobilenet_v2"
+    """ImageNet trunk of phi: one of ``backbone.TRUNKS``"""
     blocks: int = 1
     train_stages: int = 1
     """trunk stages trained with the head: 0 (head only), 1 (+ stride-32 stage), 2 (+ stride-16 stage)"""
@@ -78,6 +80,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"--trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.train_stages not in (0, 1, 2):
@@ -168,7 +172,8 @@ class FeatureCache:
         built = []
         for view in range(views):
             augment = None if view == 0 else {"scale": list(scale), "colour": colour, "seed": seed, "view": view}
-            name = "davis2016_train.pt" if view == 0 else f"davis2016_train_aug{view}.pt"
+            stem = "davis2016_train" if model.trunk.name == "mobilenet_v2" else f"davis2016_train_{model.trunk.name}"
+            name = f"{stem}.pt" if view == 0 else f"{stem}_aug{view}.pt"
             built.append(_cached_view(model, seqs, folder / name, augment, progress))
         return cls(built, index)
 
@@ -185,7 +190,8 @@ def _cached_view(
     first = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
     h, w = first.shape[:2]
     ph, pw = padded_size(h, w)
-    shapes = [(32, ph // 8, pw // 8), (96, ph // 16, pw // 16), (320, ph // 32, pw // 32)]
+    c8, c16, c32 = model.trunk.spec.channels
+    shapes = [(c8, ph // 8, pw // 8), (c16, ph // 16, pw // 16), (c32, ph // 32, pw // 32)]
     levels = [torch.empty(total, *s, dtype=torch.float16) for s in shapes]
     Y = torch.empty(total, (ph // 8) * (pw // 8), 2, dtype=torch.float16)
     valid = torch.empty(total, (ph // 8) * (pw // 8), dtype=torch.float16)
@@ -407,7 +413,7 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     seqs = sequences(config.davis, "train")
     names = sorted(s.name for s in seqs)
     held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
-    model = Embedder(ModelConfig(config.channels, config.width, config.lam))
+    model = Embedder(ModelConfig(config.channels, config.width, config.lam, config.trunk))
     try:
         model.trunk.load_imagenet()
     except FileNotFoundError as error:
