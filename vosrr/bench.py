@@ -572,6 +572,8 @@ def run_bench(
             channels=segmenter.model.config.channels,
             blocks=segmenter.config.blocks,
             max_side=segmenter.config.max_side,
+            scale=segmenter.config.scale,
+            flip=segmenter.config.flip,  # the stage timings are of one pass; end to end includes the mirror's
             online=segmenter.config.online,
             amp_dtype=str(segmenter.amp_dtype).removeprefix("torch.") if segmenter.amp_dtype else None,
         )

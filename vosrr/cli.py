@@ -448,6 +448,8 @@ def bench(
     weights: Weights = None,
     device: Device = "auto",
     max_side: MaxSide = None,
+    scale: Scale = _DEFAULT.scale,
+    flip: Flip = _DEFAULT.flip,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's, one per core).")
     ] = None,
@@ -467,6 +469,8 @@ def bench(
         refine=_DEFAULT.refine,
         mirror_reference=_DEFAULT.mirror_reference,
         max_side=max_side,
+        scale=scale,
+        flip=flip,
     )
     dev = pick_device(device)
     if threads is not None:
