@@ -54,6 +54,7 @@ CONFIGS: dict[str, SegmentConfig] = {
     "default at scale 1.25": SegmentConfig(scale=1.25),
     "default at scale 1.5": SegmentConfig(scale=1.5),
     "default + flip at scale 1.25": SegmentConfig(flip=True, scale=1.25),
+    "default with k=2 blocks": SegmentConfig(blocks=2),
     "default": SegmentConfig(),
 }
 

@@ -3,6 +3,8 @@ and the DAVIS numbers measured with it (from a `vosrr eval` results.json).
 
     vosrr eval --split val --davis PATH --out runs/eval_val
     python benchmarks/record.py runs/eval_val/results.json [--weights weights/vosrr_mnv2.pt]
+
+For an ensemble checkpoint (`vosrr export A.pt B.pt`) the record holds each member's training record.
 """
 
 from __future__ import annotations
@@ -24,13 +26,19 @@ def main() -> None:
     args = parser.parse_args()
     payload = load_checkpoint(args.weights)
     results = json.loads(args.results.read_text())
+    if "members" in payload:  # an ensemble: each member's training record
+        training = {"members": payload["members"]}
+    else:
+        training = {
+            "epoch": payload.get("epoch"),
+            "train_config": payload.get("train_config"),
+            "train_history": payload.get("history"),
+        }
     record = {
         "checkpoint": args.weights.name,
         "sha256": sha256(args.weights),
         "model_config": payload["config"],
-        "epoch": payload.get("epoch"),
-        "train_config": payload.get("train_config"),
-        "train_history": payload.get("history"),
+        **training,
         "davis2016_val": {
             "segment_config": results["config"],
             "mean": results["mean"],

@@ -570,7 +570,7 @@ def run_bench(
             mask=str(mask),
             weights=str(weights) if weights else "default",
             channels=segmenter.model.config.channels,
-            blocks=segmenter.config.blocks,
+            blocks=segmenter.blocks,
             max_side=segmenter.config.max_side,
             scale=segmenter.config.scale,
             flip=segmenter.config.flip,  # the stage timings are of one pass; end to end includes the mirror's

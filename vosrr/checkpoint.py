@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 
-from vosrr.embedding import Embedder, ModelConfig
+from vosrr.embedding import Embedder, Ensemble, EnsembleConfig, ModelConfig, Phi
 
 __all__ = [
+    "ACCURATE_WEIGHTS",
     "DEFAULT_WEIGHTS",
     "WeightsError",
+    "ensemble_checkpoint",
     "export_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -31,6 +33,8 @@ __all__ = [
 FORMAT = "vosrr-1"
 #: the checkpoint shipped in the repository's weights/ folder
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "vosrr_mnv2.pt"
+#: the shipped ensemble (MobileNetV2 and EfficientNet-Lite0 networks, one solve): more accurate, slower
+ACCURATE_WEIGHTS = DEFAULT_WEIGHTS.with_name("vosrr_ensemble.pt")
 
 
 class WeightsError(RuntimeError):
@@ -67,7 +71,20 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path, model: Embedder, **extra: Any) -> str:
+def _config_dict(model: Phi) -> dict[str, Any]:
+    if isinstance(model, Ensemble):
+        return {"members": [asdict(member) for member in model.config.members]}
+    return asdict(model.config)
+
+
+def _build(config: dict[str, Any]) -> Phi:
+    """The (untrained) network a checkpoint's ``config`` describes: an ``Embedder`` or an ``Ensemble``."""
+    if "members" in config:
+        return Ensemble(EnsembleConfig(tuple(ModelConfig(**member) for member in config["members"])))
+    return Embedder(ModelConfig(**config))
+
+
+def save_checkpoint(path: Path, model: Phi, **extra: Any) -> str:
     """Write ``{"format", "config", "model", **extra}`` atomically, then ``<path>.sha256``; returns the digest.
 
     ``extra`` may hold only tensors and plain Python values (dicts, lists, numbers, strings), so that
@@ -75,7 +92,7 @@ def save_checkpoint(path: Path, model: Embedder, **extra: Any) -> str:
     never leaves a checksum that does not match its checkpoint.
     """
     path = Path(path)
-    payload = {"format": FORMAT, "config": asdict(model.config), "model": model.state_dict(), **extra}
+    payload = {"format": FORMAT, "config": _config_dict(model), "model": model.state_dict(), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     check = _checksum_path(path)
     check.unlink(missing_ok=True)
@@ -123,12 +140,13 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> tuple[Embedder, dict[str, Any]]:
-    """Build phi from a checkpoint (the shipped one by default), in eval mode on ``device``."""
+def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> tuple[Phi, dict[str, Any]]:
+    """Build phi (an ``Embedder`` or an ``Ensemble``) from a checkpoint (the shipped one by default), in eval
+    mode on ``device``."""
     path = Path(path or DEFAULT_WEIGHTS)
     payload = load_checkpoint(path)
     try:
-        model = Embedder(ModelConfig(**payload["config"]))
+        model = _build(payload["config"])
         model.load_state_dict(payload["model"], strict=True)
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
         raise WeightsError(
@@ -144,8 +162,26 @@ TRAINING_ONLY = ("optimizer", "scheduler", "rng")
 
 def export_checkpoint(source: Path, target: Path) -> str:
     """Write the inference part of a training checkpoint (model, config, training log) to ``target``."""
-    payload = load_checkpoint(source)
-    model = Embedder(ModelConfig(**payload["config"]))
-    model.load_state_dict(payload["model"], strict=True)
-    keep = {k: v for k, v in payload.items() if k not in (*TRAINING_ONLY, "format", "config", "model")}
-    return save_checkpoint(target, model, **keep)
+    model, payload = load_model(source)
+    return save_checkpoint(target, model, **_log(payload))
+
+
+def _log(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's record (epochs, history, training configuration) without the model or optimizer state."""
+    return {k: v for k, v in payload.items() if k not in (*TRAINING_ONLY, "format", "config", "model")}
+
+
+def ensemble_checkpoint(sources: list[Path], target: Path) -> str:
+    """Write one inference checkpoint holding the networks of several single-network checkpoints (an ``Ensemble``);
+    each member's training record is kept under ``members``."""
+    if len(sources) < 2:
+        raise WeightsError(f"an ensemble needs at least two checkpoints, got {len(sources)}")
+    members: list[Embedder] = []
+    logs: list[dict[str, Any]] = []
+    for source in sources:
+        model, payload = load_model(source)
+        if not isinstance(model, Embedder):
+            raise WeightsError(f"{source} is already an ensemble; list the single-network checkpoints instead")
+        members.append(model)
+        logs.append({"source": Path(source).name, **_log(payload)})
+    return save_checkpoint(target, Ensemble.of(*members), members=logs)

@@ -22,7 +22,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vosrr.checkpoint import DEFAULT_WEIGHTS, WeightsError, export_checkpoint, load_model
+from vosrr.checkpoint import (
+    ACCURATE_WEIGHTS,
+    DEFAULT_WEIGHTS,
+    WeightsError,
+    ensemble_checkpoint,
+    export_checkpoint,
+    load_model,
+)
 from vosrr.davis import DavisError
 from vosrr.davis import sequences as davis_sequences
 from vosrr.masks import MaskError
@@ -168,10 +175,31 @@ Scale = Annotated[
     typer.Option("--scale", help="Process frames at this multiple of their size (>1: finer masks, slower)."),
 ]
 Flip = Annotated[
+    bool | None,
+    typer.Option(
+        "--flip/--no-flip",
+        help="Average each frame's features with its mirror image's (2 passes a frame). Default: on with --accurate.",
+        show_default=False,
+    ),
+]
+Accurate = Annotated[
     bool,
-    typer.Option("--flip/--no-flip", help="Average each frame's features with its mirror image's (2 passes a frame)."),
+    typer.Option(
+        "--accurate",
+        help="Use the shipped ensemble (MobileNetV2 + EfficientNet-Lite0, one solve) with --flip: "
+        "higher J and F, several times the time per frame.",
+    ),
 ]
 _DEFAULT = SegmentConfig()
+
+
+def _model_choice(weights: Path | None, accurate: bool, flip: bool | None) -> tuple[Path | None, bool]:
+    """The checkpoint and the flip setting that ``--weights``, ``--accurate`` and ``--flip/--no-flip`` ask for."""
+    if accurate and weights is not None:
+        _fail(
+            ExitCode.USAGE, "--accurate chooses the shipped ensemble; drop --weights, or drop --accurate and add --flip"
+        )
+    return (ACCURATE_WEIGHTS if accurate else weights), (accurate if flip is None else flip)
 
 
 def _segment_config(
@@ -219,7 +247,8 @@ def segment(
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
-    flip: Flip = _DEFAULT.flip,
+    flip: Flip = None,
+    accurate: Accurate = False,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
     ] = None,
@@ -234,6 +263,7 @@ def segment(
     debug: Debug = False,
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
+    weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
@@ -387,12 +417,14 @@ def evaluate_cmd(
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
-    flip: Flip = _DEFAULT.flip,
+    flip: Flip = None,
+    accurate: Accurate = False,
     debug: Debug = False,
 ) -> None:
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
 
+    weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
     dev = pick_device(device)
 
@@ -449,7 +481,8 @@ def bench(
     device: Device = "auto",
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
-    flip: Flip = _DEFAULT.flip,
+    flip: Flip = None,
+    accurate: Accurate = False,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's, one per core).")
     ] = None,
@@ -461,6 +494,7 @@ def bench(
     """Time every stage per frame, end-to-end s/frame, peak memory, and the k-block solve (paper Table 2)."""
     from vosrr.bench import run_bench
 
+    weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(
         lam=None,
         blocks=1,
@@ -480,14 +514,23 @@ def bench(
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (runs/train/best.pt).")],
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(help="A training checkpoint (runs/train/best.pt); several make one ensemble checkpoint."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Where to write the inference checkpoint.")] = DEFAULT_WEIGHTS,
     debug: Debug = False,
 ) -> None:
-    """Strip a training checkpoint to what `vosrr segment` needs and write it with its .sha256."""
+    """Strip a training checkpoint to what `vosrr segment` needs and write it with its .sha256.
+
+    With several checkpoints the result is an ensemble: their features side by side, one solve (see --blocks).
+    """
 
     def job() -> None:
-        digest = export_checkpoint(checkpoint, out)
+        if len(checkpoints) > 1:
+            digest = ensemble_checkpoint(checkpoints, out)
+        else:
+            digest = export_checkpoint(checkpoints[0], out)
         _say(f"{out} ({out.stat().st_size / 2**20:.1f} MiB) sha256 {digest}")
 
     _guard(debug, job)

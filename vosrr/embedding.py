@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from vosrr.backbone import TRUNKS, Trunk
 
-__all__ = ["STRIDE", "Embedder", "Head", "ModelConfig", "padded_size"]
+__all__ = ["STRIDE", "Embedder", "Ensemble", "EnsembleConfig", "Head", "ModelConfig", "Phi", "padded_size"]
 
 #: output stride of phi: features are at 1/8 of the (padded) frame size
 STRIDE = 8
@@ -103,6 +103,92 @@ class Embedder(nn.Module):
     def logits(self, scores: Tensor) -> Tensor:
         """Map ridge scores ``X W`` to logits for BCEWithLogits / sigmoid."""
         return self.scale * scores + self.offset
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Shape of an ensemble: one ``ModelConfig`` per member; ``channels`` is the sum of theirs."""
+
+    members: tuple[ModelConfig, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
+        if len({member.channels for member in self.members}) > 1:
+            raise ValueError(
+                "an ensemble's members must have the same C (each is one block of the solve), got "
+                + ", ".join(str(member.channels) for member in self.members)
+            )
+
+    @property
+    def channels(self) -> int:
+        return sum(member.channels for member in self.members)
+
+
+class Ensemble(nn.Module):
+    """Several embedders used as one phi: their features side by side, ``C = C_1 + ... + C_n``.
+
+    Each member's features are scaled by ``sqrt(lam / lam_i)`` (``lam`` the geometric mean of the members'
+    learned lambdas), so that with one block of the block-diagonal solve per member (what the segmenter
+    does) each block is exactly its member's own ridge solve and ``X W`` is the sum of the members' scores:
+    an ensemble at the cost of one solve.
+
+    It offers what the segmenter uses of an ``Embedder`` (``forward``, ``preprocess``, ``lam``, ``logits``,
+    ``mean``/``std``, and ``trunk``/``embed`` for the benchmark's stage timings).
+    """
+
+    def __init__(self, config: EnsembleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(Embedder(member) for member in config.members)
+        first = self.members[0]
+        self.register_buffer("mean", first.mean.clone(), persistent=False)
+        self.register_buffer("std", first.std.clone(), persistent=False)
+
+    @classmethod
+    def of(cls, *members: Embedder) -> Ensemble:
+        """An ensemble holding copies of the weights of ``members``."""
+        ensemble = cls(EnsembleConfig(tuple(member.config for member in members)))
+        for mine, theirs in zip(ensemble.members, members, strict=True):
+            mine.load_state_dict(theirs.state_dict())
+        return ensemble
+
+    @property
+    def lam(self) -> Tensor:
+        return torch.stack([member.log_lam for member in self.members]).mean().exp()
+
+    def preprocess(self, frames: Tensor) -> Tensor:
+        """``frames[B,H,W,3] uint8 -> image[B,3,H',W']`` normalised as the first member expects, padded."""
+        return self.members[0].preprocess(frames)
+
+    def trunk(self, image: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Each member's trunk levels; ``image`` is normalised for the first member and re-normalised for the
+        others (an affine map per channel, which commutes with the replicate padding)."""
+        raw = image * self.std + self.mean
+        return [member.trunk((raw - member.mean) / member.std) for member in self.members]
+
+    def embed(self, levels: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """``embed(levels per member) -> X[B,C,h,w]``: the members' features, each scaled to the common lambda."""
+        lam = self.lam
+        parts = [
+            member.embed(level) * (lam / member.lam).sqrt() for member, level in zip(self.members, levels, strict=True)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """``forward(image[B,3,H',W'] preprocessed as by the first member) -> X[B,C,H'/8,W'/8]``."""
+        return self.embed(self.trunk(image))
+
+    def logits(self, scores: Tensor) -> Tensor:
+        """Logits of the members' mean score: ``X W`` sums n members' scores, hence the ``1 / n``."""
+        n = len(self.members)
+        scale = torch.stack([member.scale for member in self.members]).mean() / n
+        offset = torch.stack([member.offset for member in self.members]).mean()
+        return scale * scores + offset
+
+
+#: what the segmenter runs as phi: one embedding network, or an ensemble of them
+Phi = Embedder | Ensemble
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:

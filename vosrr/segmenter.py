@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from vosrr import solver
-from vosrr.embedding import STRIDE, Embedder, padded_size
+from vosrr.embedding import STRIDE, Ensemble, Phi, padded_size
 from vosrr.masks import targets
 from vosrr.refine import guided_filter
 from vosrr.solver import Stats
@@ -107,7 +107,7 @@ class VideoState:
 class Segmenter:
     """Segments videos with one embedding network; holds the network, never subclasses it."""
 
-    def __init__(self, model: Embedder, config: SegmentConfig | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, model: Phi, config: SegmentConfig | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         # inference copy: batch norms folded into their convolutions (the caller's model is left as it was)
         self.model = fold_batchnorm(model).to(self.device).to(memory_format=torch.channels_last)
@@ -120,8 +120,13 @@ class Segmenter:
         self._mean = (*self.model.mean.flatten().tolist(), 0.0)
         self._std = (*self.model.std.flatten().tolist(), 1.0)
         self.config = config or SegmentConfig()
-        if model.config.channels % self.config.blocks:
-            raise ValueError(f"blocks={self.config.blocks} must divide the model's C={model.config.channels}")
+        # an ensemble's members never share a block: k blocks per member, so k = 1 sums the members' own solves
+        members = len(model.config.members) if isinstance(model, Ensemble) else 1
+        self.blocks = self.config.blocks * members
+        """diagonal blocks of the solve: ``config.blocks`` per network"""
+        if model.config.channels % self.blocks:
+            per_network = model.config.channels // members
+            raise ValueError(f"blocks={self.config.blocks} must divide the network's C={per_network}")
 
     # ----------------------------------------------------------------- geometry
     def work_size(self, height: int, width: int) -> tuple[int, int]:
@@ -200,7 +205,7 @@ class Segmenter:
                 known = F.pad(known, (0, padded_size(*work)[1] - work[1], 0, padded_size(*work)[0] - work[0]))
                 valid = valid * F.avg_pool2d(known[None, None], STRIDE).flatten()
             w = solver.balanced_weights(Y, valid) if self.config.balance else valid
-            return solver.statistics(X, Y, w, self.config.blocks)
+            return solver.statistics(X, Y, w, self.blocks)
 
     def start(
         self, frame: np.ndarray, labels: np.ndarray, num_objects: int, weights: np.ndarray | None = None
@@ -307,7 +312,7 @@ class Segmenter:
             if s > 1 and h * w >= _MIN_ONLINE_CELLS * s * s:  # weights from all cells, sums from every s-th one
                 X, Y, weights = (t.view(h, w, -1)[::s, ::s].reshape(-1, t.shape[-1]) for t in (X, Y, weights[:, None]))
                 weights = weights[:, 0] * (s * s)
-            new = solver.statistics(X, Y, weights * self.config.online, self.config.blocks)
+            new = solver.statistics(X, Y, weights * self.config.online, self.blocks)
             memory = new if state.memory is None else state.memory.scale(self.config.decay) + new
             W = solver.solve(state.reference + memory, self.lam)
         return replace(state, memory=memory, W=W)
@@ -385,7 +390,7 @@ def _labels_refined(P: Tensor, work: tuple[int, int], size: tuple[int, int], fra
     return out
 
 
-def fold_batchnorm(model: Embedder) -> Embedder:
+def fold_batchnorm(model: Phi) -> Phi:
     """An eval-mode copy of ``model`` with every ``Conv2d -> BatchNorm2d`` pair of a ``Sequential`` folded into one
     convolution (the same function up to float rounding, about a third less work in the trunk on CPU)."""
     folded = copy.deepcopy(model).eval()
