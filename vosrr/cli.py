@@ -140,7 +140,10 @@ def _seed(seed: int) -> None:
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 Weights = Annotated[Path | None, typer.Option("--weights", help="Checkpoint to use (default: the shipped one).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
-Blocks = Annotated[int, typer.Option("--blocks", help="Block-diagonal splitting of the solve: 1, 2, 4 or 8.")]
+Blocks = Annotated[
+    int,
+    typer.Option("--blocks", help="Block-diagonal splitting of the solve: 1, 2, 4 or 8 (per network for an ensemble)."),
+]
 Lam = Annotated[float | None, typer.Option("--lam", help="Ridge lambda (default: the checkpoint's, ~5).")]
 Online = Annotated[
     float,

@@ -165,7 +165,10 @@ class Ensemble(nn.Module):
         """Each member's trunk levels; ``image`` is normalised for the first member and re-normalised for the
         others (an affine map per channel, which commutes with the replicate padding)."""
         raw = image * self.std + self.mean
-        return [member.trunk((raw - member.mean) / member.std) for member in self.members]
+        return [
+            member.trunk(image if index == 0 else (raw - member.mean) / member.std)
+            for index, member in enumerate(self.members)
+        ]
 
     def embed(self, levels: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """``embed(levels per member) -> X[B,C,h,w]``: the members' features, each scaled to the common lambda."""

@@ -105,7 +105,7 @@ class VideoState:
 
 
 class Segmenter:
-    """Segments videos with one embedding network; holds the network, never subclasses it."""
+    """Segments videos with one embedding network (or an ensemble); holds it, never subclasses it."""
 
     def __init__(self, model: Phi, config: SegmentConfig | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
