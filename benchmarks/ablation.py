@@ -1,6 +1,6 @@
-"""Ablation on DAVIS 2016 val: several segmenter configurations from one feature pass per frame.
+"""Ablation on DAVIS 2016 (val, or --split train): several segmenter configurations from one feature pass per frame.
 
-    python benchmarks/ablation.py --davis PATH [--weights W] [--sequences a,b] [--out runs/ablation]
+    python benchmarks/ablation.py --davis PATH [--weights W] [--split val] [--sequences a,b] [--out runs/ablation]
 
 Features are computed once per frame for each distinct (scale, flip, max_side) and shared by the
 configurations that agree on them; each configuration keeps its own ``VideoState`` and writes its own
@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,20 @@ from vosrr.masks import read_mask, write_mask
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import open_video
 
-#: the paper's inference: one solve from the reference frame, bilinear upsampling, nothing else
-PAPER = SegmentConfig(online=0.0, window=0.0, refine=False, mirror_reference=False)
+#: the paper's inference: one solve from the reference frame, bilinear upsampling and argmax, nothing else
+PAPER = SegmentConfig(online=0.0, window=0.0, refine=False, mirror_reference=False, upsample="bilinear", margin=0.0)
+#: how masks were made from the scores before the decision margin (the defaults up to this ablation)
+GUIDED_ARGMAX: dict[str, Any] = {"upsample": "bilinear", "margin": 0.0, "refine": True}
+#: variants of the last step, scores -> labels, applied to the default and to the default with --flip
+LABEL_VARIANTS: dict[str, dict[str, Any]] = {
+    "as before (bilinear + guided filter + argmax)": GUIDED_ARGMAX,
+    "with bilinear upsampling": {"upsample": "bilinear"},
+    "with margin 0": {"margin": 0.0},
+    "with margin 0.15": {"margin": 0.15},
+    "with margin 0.2": {"margin": 0.2},
+    "with the guided filter": {"refine": True},
+    "with min part 0.1": {"min_part": 0.1},
+}
 CONFIGS: dict[str, SegmentConfig] = {
     "paper (k=1 balanced)": PAPER,
     "k=2": replace(PAPER, blocks=2),
@@ -55,6 +68,10 @@ CONFIGS: dict[str, SegmentConfig] = {
     "default at scale 1.5": SegmentConfig(scale=1.5),
     "default + flip at scale 1.25": SegmentConfig(flip=True, scale=1.25),
     "default with k=2 blocks": SegmentConfig(blocks=2),
+    **{f"default {name}": replace(SegmentConfig(), **change) for name, change in LABEL_VARIANTS.items()},
+    **{
+        f"default + flip {name}": replace(SegmentConfig(flip=True), **change) for name, change in LABEL_VARIANTS.items()
+    },
     "default": SegmentConfig(),
 }
 
@@ -68,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--davis", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--split", default="val", help="DAVIS split: val, or train to choose options off val")
     parser.add_argument("--sequences", default=None)
     parser.add_argument("--configs", default=None, help="comma-separated subset of the configuration names")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
@@ -75,7 +93,7 @@ def main() -> None:
     model, _ = load_model(args.weights)
     names = list(CONFIGS) if args.configs is None else [n.strip() for n in args.configs.split(",")]
     segs = {name: Segmenter(model, CONFIGS[name]) for name in names}
-    seqs = sequences(args.davis, "val")
+    seqs = sequences(args.davis, args.split)
     if args.sequences:
         wanted = set(args.sequences.split(","))
         seqs = [s for s in seqs if s.name in wanted]

@@ -609,6 +609,13 @@ def test_unknown_device_is_a_usage_error(clip, weights: Path, tmp_path: Path) ->
     fails(runner.invoke(app, [*args, "--device", "tpu"]), ExitCode.USAGE, "device")
 
 
+def test_min_part_outside_0_1_is_a_usage_error(clip, weights: Path, tmp_path: Path) -> None:
+    video, mask, _ = clip
+    args = ["segment", str(video), "-m", str(mask), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    fails(runner.invoke(app, [*args, "--min-part", "2"]), ExitCode.USAGE, "min_part must be in [0, 1]")
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_shows_the_traceback(segment, clip, tmp_path: Path) -> None:
     _, mask, _ = clip
     result = segment(tmp_path / "nope.mp4", "-m", mask, "--debug")

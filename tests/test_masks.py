@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vosrr import masks
-from vosrr.masks import MAX_OBJECTS, MaskError, davis_palette, read_mask, targets, write_mask
+from vosrr.masks import MAX_OBJECTS, MaskError, davis_palette, drop_small_parts, read_mask, targets, write_mask
 
 
 def blocks(shape: tuple[int, int] = (48, 64)) -> np.ndarray:
@@ -258,3 +258,35 @@ def test_targets_unknown_pixels_carry_no_weight_and_no_target() -> None:
     assert torch.all(cells[1, 1] == 0)
     with pytest.raises(ValueError, match="must match labels"):
         targets(labels, 2, (16, 16), 8, known[:, :8])
+
+
+def test_drop_small_parts_judges_each_object_by_its_own_largest_part() -> None:
+    labels = np.zeros((60, 80), np.uint8)
+    labels[5:25, 5:25] = 1  # object 1: 400 px
+    labels[40:45, 60:66] = 1  # object 1: a stray 30 px part (7.5 % of 400)
+    labels[50:53, 5:8] = 2  # object 2: one 9 px part, smaller than object 1's stray but its only part
+    kept = drop_small_parts(labels, 0.05)
+    np.testing.assert_array_equal(kept, labels)
+    cleaned = drop_small_parts(labels, 0.1)
+    expected = labels.copy()
+    expected[40:45, 60:66] = 0
+    np.testing.assert_array_equal(cleaned, expected)
+    assert labels[42, 62] == 1, "the input is left as it was"
+
+
+def test_drop_small_parts_connects_diagonal_neighbours_and_keeps_equal_parts() -> None:
+    labels = np.zeros((30, 30), np.uint8)
+    labels[2:12, 2:12] = 1  # 100 px
+    labels[12, 12] = labels[13, 13] = 1  # touches the square's corner diagonally: part of it
+    labels[20:30, 20:30] = 1  # a second part of the same size (102 px with its diagonal tail)
+    labels[19, 19] = labels[18, 18] = 1
+    np.testing.assert_array_equal(drop_small_parts(labels, 1.0), labels)
+    labels[0, 29] = 1  # a lone pixel goes at any fraction above 1 %
+    assert drop_small_parts(labels, 0.02)[0, 29] == 0
+    assert drop_small_parts(labels, 0.0)[0, 29] == 1
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5])
+def test_drop_small_parts_rejects_fractions_outside_0_1(fraction: float) -> None:
+    with pytest.raises(ValueError, match="fraction must be in"):
+        drop_small_parts(np.zeros((4, 4), np.uint8), fraction)

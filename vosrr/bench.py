@@ -62,7 +62,7 @@ _STAGE_NAMES = {
     "head": "head",
     "predict": "predict (X W)",
     "window": "window prior",
-    "upsample_argmax": "upsampling + refinement + argmax",
+    "upsample_argmax": "upsampling + decision (margin, refinement and part filter when on)",
     "online": "online update (statistics + solve)",
     "mask_png": "mask PNG writing",
     "overlay_encode": "overlay blend + encode",

@@ -166,6 +166,20 @@ Window = Annotated[
 Refine = Annotated[
     bool, typer.Option("--refine/--no-refine", help="Snap mask boundaries to image edges (guided filter).")
 ]
+Margin = Annotated[
+    float,
+    typer.Option(
+        "--margin",
+        help="How much an object's score must beat the background's (per network) to label a pixel (0 = argmax).",
+    ),
+]
+MinPart = Annotated[
+    float,
+    typer.Option(
+        "--min-part",
+        help="Drop each object's parts smaller than this fraction of its largest part (0 = keep all).",
+    ),
+]
 Mirror = Annotated[
     bool,
     typer.Option(
@@ -215,6 +229,8 @@ def _segment_config(
     max_side: int | None,
     scale: float = _DEFAULT.scale,
     flip: bool = _DEFAULT.flip,
+    min_part: float = _DEFAULT.min_part,
+    margin: float = _DEFAULT.margin,
 ) -> SegmentConfig:
     """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
@@ -228,6 +244,8 @@ def _segment_config(
             max_side=max_side,
             scale=scale,
             flip=flip,
+            min_part=min_part,
+            margin=margin,
         )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
@@ -247,6 +265,8 @@ def segment(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
+    margin: Margin = _DEFAULT.margin,
+    min_part: MinPart = _DEFAULT.min_part,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
@@ -267,7 +287,19 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame MASK in every frame of VIDEO."""
     weights, flip = _model_choice(weights, accurate, flip)
-    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
+    config = _segment_config(
+        lam=lam,
+        blocks=blocks,
+        online=online,
+        window=window,
+        refine=refine,
+        mirror_reference=mirror_reference,
+        max_side=max_side,
+        scale=scale,
+        flip=flip,
+        min_part=min_part,
+        margin=margin,
+    )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
@@ -417,6 +449,8 @@ def evaluate_cmd(
     online: Online = _DEFAULT.online,
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
+    margin: Margin = _DEFAULT.margin,
+    min_part: MinPart = _DEFAULT.min_part,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
@@ -428,7 +462,19 @@ def evaluate_cmd(
     from vosrr.evaluate import evaluate
 
     weights, flip = _model_choice(weights, accurate, flip)
-    config = _segment_config(lam, blocks, online, window, refine, mirror_reference, max_side, scale, flip)
+    config = _segment_config(
+        lam=lam,
+        blocks=blocks,
+        online=online,
+        window=window,
+        refine=refine,
+        mirror_reference=mirror_reference,
+        max_side=max_side,
+        scale=scale,
+        flip=flip,
+        min_part=min_part,
+        margin=margin,
+    )
     dev = pick_device(device)
 
     def job() -> None:

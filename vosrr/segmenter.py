@@ -17,6 +17,7 @@ import copy
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from vosrr import solver
 from vosrr.embedding import STRIDE, Ensemble, Phi, padded_size
-from vosrr.masks import targets
+from vosrr.masks import drop_small_parts, targets
 from vosrr.refine import guided_filter
 from vosrr.solver import Stats
 
@@ -58,8 +59,14 @@ class SegmentConfig:
     frames with fewer than 1024 cells per n^2 use every cell"""
     window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
-    refine: bool = True
+    upsample: Literal["bilinear", "bicubic"] = "bicubic"
+    """interpolation of the feature-grid scores to the frame (the paper: bilinear)"""
+    margin: float = 0.1
+    """an object's score must beat the background's by this much (per network) to label a pixel (0: argmax)"""
+    refine: bool = False
     """snap the upsampled boundaries to image edges with a guided filter"""
+    min_part: float = 0.0
+    """drop each object's parts (connected regions) smaller than this fraction of its largest part (0: keep all)"""
     mirror_reference: bool = True
     """also solve from the mirrored reference frame (its statistics add; one more forward pass per video)"""
     max_side: int | None = None
@@ -82,6 +89,12 @@ class SegmentConfig:
             raise ValueError(f"window must be >= 0, got {self.window}")
         if self.max_side is not None and self.max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {self.max_side}")
+        if self.upsample not in ("bilinear", "bicubic"):
+            raise ValueError(f"upsample must be bilinear or bicubic, got {self.upsample!r}")
+        if not -1 <= self.margin <= 1:
+            raise ValueError(f"margin must be in [-1, 1], got {self.margin}")
+        if not 0 <= self.min_part <= 1:
+            raise ValueError(f"min_part must be in [0, 1], got {self.min_part}")
         if not 0.25 <= self.scale <= 4:
             raise ValueError(f"scale must be in [0.25, 4], got {self.scale}")
 
@@ -124,6 +137,8 @@ class Segmenter:
         members = len(model.config.members) if isinstance(model, Ensemble) else 1
         self.blocks = self.config.blocks * members
         """diagonal blocks of the solve: ``config.blocks`` per network"""
+        self.margin = self.config.margin * members
+        """the background's head start over the objects in ``P`` (which sums the networks' scores)"""
         if model.config.channels % self.blocks:
             per_network = model.config.channels // members
             raise ValueError(f"blocks={self.config.blocks} must divide the network's C={per_network}")
@@ -275,24 +290,27 @@ class Segmenter:
         return out
 
     def labels(self, state: VideoState, P: Tensor, frame: np.ndarray | None = None) -> np.ndarray:
-        """``P[K+1,h,w] -> labels[H,W] uint8``: bilinear upsampling to the input size, then argmax.
+        """``P[K+1,h,w] -> labels[H,W] uint8``: the scores upsampled to the input size (``config.upsample``;
+        guided-filtered with ``frame`` under ``config.refine``); a pixel is the object of highest score if that
+        beats the background's by ``config.margin``, else background; then small parts go (``config.min_part``).
 
-        On CPU the same result comes from OpenCV at a fraction of the cost: bilinear upsampling is linear,
-        so ``argmax_c up(P_c)`` is ``argmax`` over ``{0, up(P_c - P_0)}``, found by a running maximum
-        (ties go to the lower class, as in ``argmax``) over K upsampled planes instead of K+1.
+        Only the K differences ``P_k - P_0`` are upsampled (interpolation is linear, so the argmax over
+        ``{margin, up(P_k - P_0)}`` is the argmax of the upsampled scores with the background's raised), and
+        on CPU by OpenCV, whose bilinear and bicubic kernels are ``F.interpolate``'s (same half-pixel centres).
         """
-        if self.config.refine and frame is not None:
-            return _labels_refined(P, state.work_size, state.size, self._resize_frame(frame, state.work_size))
-        if P.device.type == "cpu":
-            return _labels_cpu(P, state.work_size, state.size)
+        if P.device.type != "cpu" and not self.config.refine:  # on the GPU, only the labels travel
+            out = _labels_torch(P, state.work_size, state.size, self.config.upsample, self.margin)
+            return drop_small_parts(out, self.config.min_part)
         with torch.inference_mode():
-            ph, pw = padded_size(*state.work_size)
-            up = F.interpolate(P[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
-            wh, ww = state.work_size
-            up = up[:, :wh, :ww]
-            if state.work_size != state.size:
-                up = F.interpolate(up[None], size=state.size, mode="bilinear", align_corners=False)[0]
-            return up.argmax(0).to(torch.uint8).cpu().numpy()
+            D = (P[1:] - P[:1]).float().cpu().numpy()
+        planes = _upsample(D, state.work_size, state.size, self.config.upsample)
+        if self.config.refine and frame is not None:
+            guide = self._resize_frame(frame, state.size)
+            radius = max(2, round(8 * max(state.size) / 854))  # 8 pixels at the DAVIS size, scaled with the frame
+            planes = guided_filter(guide, planes, radius=radius, subsample=max(1, min(4, radius // 2)))
+        best = planes.max(0)
+        out = np.where(best > self.margin, planes.argmax(0) + 1, 0).astype(np.uint8)
+        return drop_small_parts(out, self.config.min_part)
 
     def _online(self, state: VideoState, X: Tensor, P: Tensor) -> VideoState:
         """Add the confident part of this frame's own prediction to the (decaying) memory and re-solve.
@@ -354,40 +372,30 @@ class Segmenter:
             yield out
 
 
-def _labels_cpu(P: Tensor, work: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """``Segmenter.labels`` on CPU: OpenCV's bilinear resize (the same half-pixel rule as ``F.interpolate``)."""
-    with torch.inference_mode():
-        p = P.float().numpy()
+def _upsample(D: np.ndarray, work: tuple[int, int], size: tuple[int, int], mode: str) -> np.ndarray:
+    """``D[K,h,w]`` on the feature grid -> ``[K,H,W]`` at the frame size: to the padded working size (cells
+    are ``STRIDE`` pixels), cropped to the working size, then resized to ``size`` when that differs."""
+    interpolation = cv2.INTER_CUBIC if mode == "bicubic" else cv2.INTER_LINEAR
     ph, pw = padded_size(*work)
-    out = np.zeros(size, np.uint8)
-    best = np.zeros(size, np.float32)
-    for c in range(1, p.shape[0]):
-        d = cv2.resize(p[c] - p[0], (pw, ph), interpolation=cv2.INTER_LINEAR)[: work[0], : work[1]]
+    out = np.empty((D.shape[0], *size), np.float32)
+    for k, plane in enumerate(D):
+        up = cv2.resize(plane, (pw, ph), interpolation=interpolation)[: work[0], : work[1]]
         if work != size:
-            d = cv2.resize(d, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        above = d > best
-        out[above] = c
-        np.maximum(best, d, out=best)
+            up = cv2.resize(up, (size[1], size[0]), interpolation=interpolation)
+        out[k] = up
     return out
 
 
-def _labels_refined(P: Tensor, work: tuple[int, int], size: tuple[int, int], frame: np.ndarray) -> np.ndarray:
-    """Labels from bilinearly upsampled score differences, guided-filtered with the (working-size) frame."""
+def _labels_torch(P: Tensor, work: tuple[int, int], size: tuple[int, int], mode: str, margin: float) -> np.ndarray:
+    """``Segmenter.labels`` (no refinement, no part filter) with torch ops on ``P``'s device."""
     with torch.inference_mode():
-        p = P.float().cpu().numpy()
-    ph, pw = padded_size(*work)
-    planes = np.stack(
-        [
-            cv2.resize(p[c] - p[0], (pw, ph), interpolation=cv2.INTER_LINEAR)[: work[0], : work[1]]
-            for c in range(1, p.shape[0])
-        ]
-    )
-    radius = max(2, round(8 * max(work) / 854))  # 8 pixels at the DAVIS frame size, scaled with the frame
-    filtered = guided_filter(frame, planes, radius=radius, subsample=max(1, min(4, radius // 2)))
-    out = np.where(filtered.max(0) > 0, filtered.argmax(0) + 1, 0).astype(np.uint8)
-    if work != size:
-        out = cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    return out
+        ph, pw = padded_size(*work)
+        up = F.interpolate((P[1:] - P[:1])[None].float(), size=(ph, pw), mode=mode, align_corners=False)[0]
+        up = up[:, : work[0], : work[1]]
+        if work != size:
+            up = F.interpolate(up[None], size=size, mode=mode, align_corners=False)[0]
+        best, index = up.max(0)
+        return torch.where(best > margin, index + 1, 0).to(torch.uint8).cpu().numpy()
 
 
 def fold_batchnorm(model: Phi) -> Phi:
