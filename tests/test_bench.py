@@ -168,3 +168,49 @@ def test_every_ablation_configuration_can_be_selected_by_name() -> None:
     selected = [n.strip() for n in ",".join(names).split(",")]
     assert selected == names
     assert ablation.CONFIGS["paper (k=1 balanced)"] == ablation.PAPER
+
+
+def _load_benchmark(name: str):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_label_variants_score_stored_scores(tiny_weights: Path, tmp_path: Path) -> None:
+    """``benchmarks/labels.py`` makes masks from stored scores with each variant and scores them as vos-benchmark
+    does. Object-minus-background scores of +2 on the object's cells and -2 elsewhere give a near-perfect J with
+    every variant (only a margin above 2 would lose the object)."""
+    from PIL import Image
+
+    from vosrr.davis import Sequence
+    from vosrr.segmenter import SegmentConfig
+
+    labels_py = _load_benchmark("labels")
+    default = [n for n in labels_py.VARIANTS if "(default)" in n]
+    assert len(default) == 1 and labels_py.VARIANTS[default[0]] == {}, "the row called default is the default"
+    assert SegmentConfig(**{**labels_py.VARIANTS["bicubic, margin 0.2"]}).margin == 0.2
+    frames_dir, masks_dir = tmp_path / "JPEGImages" / "s", tmp_path / "Annotations" / "s"
+    frames_dir.mkdir(parents=True)
+    masks_dir.mkdir(parents=True)
+    truth = np.zeros((64, 96), np.uint8)
+    truth[16:48, 24:64] = 255  # on the 8-pixel grid
+    for i in range(4):
+        Image.fromarray(np.full((64, 96, 3), 90 + 20 * i, np.uint8)).save(frames_dir / f"{i:05d}.jpg")
+        Image.fromarray(truth).save(masks_dir / f"{i:05d}.png")
+    P = np.full((3, 2, 8, 12), 1.0, np.float16)
+    P[:, 1] = -1.0
+    P[:, 1, 2:6, 3:8] = 3.0  # the object's cells beat the background's by 2
+    np.savez(tmp_path / "s.npz", P=P, work=np.array([64, 96]), size=np.array([64, 96]))
+    seq = Sequence("s", tuple(sorted(frames_dir.glob("*.jpg"))), tuple(sorted(masks_dir.glob("*.png"))))
+    labels_py._start_worker(tiny_weights, False)
+    name, rows = labels_py.score((seq, tmp_path / "s.npz"))
+    assert name == "s" and set(rows) == set(labels_py.VARIANTS)
+    for variant, (J, F) in rows.items():
+        assert J > 95 and F > 90, (variant, J, F)  # the guided filter rounds corners on a flat image
+    P[:, 1, 0, 0] = 3.0  # a stray cell: only the part filter removes it
+    np.savez(tmp_path / "s.npz", P=P, work=np.array([64, 96]), size=np.array([64, 96]))
+    _, rows = labels_py.score((seq, tmp_path / "s.npz"))
+    assert rows["bicubic, margin 0.1, min part 0.1"][0] > rows["bicubic, margin 0.1 (default)"][0] + 1
