@@ -303,13 +303,22 @@ class Segmenter:
             return drop_small_parts(out, self.config.min_part)
         with torch.inference_mode():
             D = (P[1:] - P[:1]).float().cpu().numpy()
-        planes = _upsample(D, state.work_size, state.size, self.config.upsample)
-        if self.config.refine and frame is not None:
-            guide = self._resize_frame(frame, state.size)
-            radius = max(2, round(8 * max(state.size) / 854))  # 8 pixels at the DAVIS size, scaled with the frame
-            planes = guided_filter(guide, planes, radius=radius, subsample=max(1, min(4, radius // 2)))
-        best = planes.max(0)
-        out = np.where(best > self.margin, planes.argmax(0) + 1, 0).astype(np.uint8)
+        work, size, mode = state.work_size, state.size, self.config.upsample
+        if self.config.refine and frame is not None:  # filtered at the working size, like the network's input
+            guide = self._resize_frame(frame, work)
+            radius = max(2, round(8 * max(work) / 854))  # 8 pixels at the DAVIS size, scaled with the frame
+            grid = np.stack([_upsample(d, work, work, mode) for d in D])
+            filtered = guided_filter(guide, grid, radius=radius, subsample=max(1, min(4, radius // 2)))
+            planes: Iterable[np.ndarray] = (_upsample(f, work, size, mode, from_grid=False) for f in filtered)
+        else:
+            planes = (_upsample(d, work, size, mode) for d in D)
+        # running maximum over the K planes (one at a time in memory); ties go to the lower class, as in argmax
+        out = np.zeros(size, np.uint8)
+        best = np.full(size, self.margin, np.float32)
+        for k, plane in enumerate(planes, 1):
+            above = plane > best
+            out[above] = k
+            np.maximum(best, plane, out=best)
         return drop_small_parts(out, self.config.min_part)
 
     def _online(self, state: VideoState, X: Tensor, P: Tensor) -> VideoState:
@@ -372,18 +381,19 @@ class Segmenter:
             yield out
 
 
-def _upsample(D: np.ndarray, work: tuple[int, int], size: tuple[int, int], mode: str) -> np.ndarray:
-    """``D[K,h,w]`` on the feature grid -> ``[K,H,W]`` at the frame size: to the padded working size (cells
-    are ``STRIDE`` pixels), cropped to the working size, then resized to ``size`` when that differs."""
+def _upsample(
+    d: np.ndarray, work: tuple[int, int], size: tuple[int, int], mode: str, from_grid: bool = True
+) -> np.ndarray:
+    """One plane ``d[h,w]`` on the feature grid -> ``[H,W]`` at ``size``: to the padded working size (cells are
+    ``STRIDE`` pixels), cropped to the working size, then resized to ``size`` when that differs.
+    ``from_grid=False``: ``d`` is already at the working size (only the last resize is left)."""
     interpolation = cv2.INTER_CUBIC if mode == "bicubic" else cv2.INTER_LINEAR
-    ph, pw = padded_size(*work)
-    out = np.empty((D.shape[0], *size), np.float32)
-    for k, plane in enumerate(D):
-        up = cv2.resize(plane, (pw, ph), interpolation=interpolation)[: work[0], : work[1]]
-        if work != size:
-            up = cv2.resize(up, (size[1], size[0]), interpolation=interpolation)
-        out[k] = up
-    return out
+    if from_grid:
+        ph, pw = padded_size(*work)
+        d = cv2.resize(d, (pw, ph), interpolation=interpolation)[: work[0], : work[1]]
+    if work != size:
+        d = cv2.resize(d, (size[1], size[0]), interpolation=interpolation)
+    return d
 
 
 def _labels_torch(P: Tensor, work: tuple[int, int], size: tuple[int, int], mode: str, margin: float) -> np.ndarray:
