@@ -106,7 +106,7 @@ def main() -> None:
         labels, fmt = read_mask(seq.masks[0])
         _, frames = open_video(seq.frames[0].parent)
         first = next(frames)
-        states = {name: seg.start(first, labels, fmt.num_objects) for name, seg in segs.items()}
+        states = {name: seg.start(first, labels)[0] for name, seg in segs.items()}
         for name in names:
             folder = args.out / name.replace(" ", "_") / seq.name
             folder.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def dump(segmenter: Segmenter, seq: Sequence, target: Path) -> None:
     """Segment ``seq`` and store every later frame's scores and the working size."""
-    labels, fmt = read_mask(seq.masks[0])
+    labels, _ = read_mask(seq.masks[0])
     _, frames = open_video(seq.frames[0].parent)
-    state = segmenter.start(next(frames), labels, fmt.num_objects)
+    state = segmenter.start(next(frames), labels)[0]
     scores = []
     for frame in frames:
         state, P = segmenter.step_scores(state, frame)

@@ -69,8 +69,9 @@ def test_fast_cpu_path_matches_the_reference_ops(tiny_weights: Path) -> None:
     import torch.nn.functional as F
 
     from vosrr.checkpoint import load_model
+    from vosrr.decide import labels_torch as _labels_torch
     from vosrr.embedding import padded_size
-    from vosrr.segmenter import SegmentConfig, VideoState, _labels_torch
+    from vosrr.segmenter import SegmentConfig, VideoState
 
     model, _ = load_model(tiny_weights)
     segmenter = Segmenter(model)
@@ -81,7 +82,7 @@ def test_fast_cpu_path_matches_the_reference_ops(tiny_weights: Path) -> None:
     frame[2, :, :] = np.arange(70)[:, None] * 3 + 2
     frame[3, :46, :] = np.arange(210, 256)[:, None]
     reference = model.preprocess(torch.from_numpy(frame)[None])
-    assert torch.equal(segmenter.image(frame, (50, 70)), reference)
+    assert torch.equal(segmenter.feed.image(frame, (50, 70)), reference)
 
     for mode in ("bilinear", "bicubic"):
         for margin in (0.0, 0.3):
@@ -132,8 +133,8 @@ def test_autocast_path_keeps_x_and_w_float32(tiny_weights: Path) -> None:
     images, first = _tiny_clip()
     reference = Segmenter(model)
     amp = Segmenter(model)
-    amp.amp_dtype = torch.bfloat16
-    state, amp_state = reference.start(images[0], first, 2), amp.start(images[0], first, 2)
+    amp.feed.amp_dtype = torch.bfloat16
+    state, amp_state = reference.start(images[0], first)[0], amp.start(images[0], first)[0]
     X = amp.features(images[1], amp_state.work_size)
     assert X.dtype == torch.float32 and amp_state.W.dtype == torch.float32
     _, expected = reference.step(state, images[1])
@@ -148,8 +149,8 @@ def test_cuda_path_agrees_with_cpu(tiny_weights: Path) -> None:
     images, first = _tiny_clip()
     cpu = Segmenter(load_model(tiny_weights)[0])
     gpu = Segmenter(load_model(tiny_weights, "cuda")[0], device="cuda")
-    assert gpu.amp_dtype is not None
-    cpu_state, gpu_state = cpu.start(images[0], first, 2), gpu.start(images[0], first, 2)
+    assert gpu.feed.amp_dtype is not None
+    cpu_state, gpu_state = cpu.start(images[0], first)[0], gpu.start(images[0], first)[0]
     assert gpu_state.W.dtype == torch.float32
     for image in images[1:]:
         cpu_state, expected = cpu.step(cpu_state, image)

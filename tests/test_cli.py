@@ -11,6 +11,7 @@ from conftest import iou, make_sample, write_palette_mask
 from PIL import Image
 from typer.testing import CliRunner
 
+from vosrr.annotations import Annotation
 from vosrr.cli import app
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import open_video
@@ -59,15 +60,17 @@ def test_segment_keeps_user_ids_and_honours_no_overlay(tmp_path: Path) -> None:
 def test_more_annotations_and_online_updates_go_through_the_same_statistics(shipped_model) -> None:
     images, labels = make_sample.make_clip(6, 256, 448, 2, seed=5)
     base = Segmenter(shipped_model, SegmentConfig())
-    state = base.start(images[0], labels[0], 2)
-    more = base.add_annotation(state, images[3], labels[3])
+    state = base.start(images[0], labels[0])[0]
+    more, out = base.add_annotation(state, images[3], labels[3])
     torch_diff = (more.reference.A - state.reference.A).abs().sum().item()
     assert torch_diff > 0 and more.W.shape == state.W.shape
-    # a correction with weights = 0 everywhere adds nothing
-    same = base.add_annotation(state, images[3], labels[3], weights=np.zeros(labels[3].shape, np.float32))
+    np.testing.assert_array_equal(out, labels[3])  # an annotated frame's output is its mask
+    # a correction whose pixels are all unknown adds nothing (its frame is then predicted)
+    unknown = Annotation(labels[3], known=np.zeros(labels[3].shape, bool))
+    same, _ = base.add_annotation(state, images[3], unknown)
     np.testing.assert_allclose(same.W.numpy(), state.W.numpy(), atol=1e-5)
     online = Segmenter(shipped_model, SegmentConfig(online=1.0))
-    s = online.start(images[0], labels[0], 2)
+    s = online.start(images[0], labels[0])[0]
     outs = list(online.propagate(s, images[1:]))
     assert len(outs) == 5 and all(o.shape == labels[0].shape for o in outs)
     assert np.mean([iou(o, t, k) for o, t in zip(outs, labels[1:], strict=True) for k in (1, 2)]) > 0.75
@@ -78,7 +81,7 @@ def test_online_stride_samples_the_grid_and_reweights(shipped_model) -> None:
     images, labels = make_sample.make_clip(2, 512, 512, 2, seed=5)  # 64 x 64 = 4096 cells: stride 2 applies
     full = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=1))  # balanced: weights from all cells
     half = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=2))
-    state = full.start(images[0], labels[0], 2)
+    state = full.start(images[0], labels[0])[0]
     X = full.features(images[1], state.work_size)  # [h*w, C]
     h, w = 512 // 8, 512 // 8
     coarse = X.view(h, w, -1)[::2, ::2]
@@ -101,7 +104,7 @@ def test_online_stride_uses_every_cell_on_small_frames(shipped_model) -> None:
     images, labels = make_sample.make_clip(2, 128, 224, 2, seed=5)  # 16 x 28 = 448 cells: too few to sample
     full = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=1))
     half = Segmenter(shipped_model, SegmentConfig(online=0.5, online_stride=2))
-    state = full.start(images[0], labels[0], 2)
+    state = full.start(images[0], labels[0])[0]
     X = full.features(images[1], state.work_size)
     P = full.scores(state, X)
     a, b = full._online(state, X, P), half._online(state, X, P)
@@ -112,7 +115,7 @@ def test_online_stride_uses_every_cell_on_small_frames(shipped_model) -> None:
 def test_max_side_processes_small_and_writes_full_size(shipped_model) -> None:
     images, labels = make_sample.make_clip(3, 480, 800, 1, seed=1)
     seg = Segmenter(shipped_model, SegmentConfig(max_side=400, window=0.0))  # this clip jumps half a frame
-    state = seg.start(images[0], labels[0], 1)
+    state = seg.start(images[0], labels[0])[0]
     assert state.work_size == (240, 400)
     _, out = seg.step(state, images[1])
     assert out.shape == (480, 800)
@@ -148,7 +151,7 @@ def test_window_suppresses_far_distractors_but_follows_an_object_that_jumped(shi
 
 @pytest.mark.parametrize("radius", [1, 2, 7, 30, 80])
 def test_window_dilation_equals_the_square_max_pool(radius: int) -> None:
-    from vosrr.segmenter import _dilate
+    from vosrr.decide import dilate as _dilate
 
     region = (torch.rand(60, 107, generator=torch.Generator().manual_seed(radius)) > 0.99).float()
     square = torch.nn.functional.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
@@ -159,15 +162,15 @@ def test_mirrored_reference_adds_the_mirrored_frames_statistics(shipped_model) -
     images, labels = make_sample.make_clip(2, 256, 448, 2, seed=7)
     plain = Segmenter(shipped_model, SegmentConfig(mirror_reference=False))
     both = Segmenter(shipped_model, SegmentConfig(mirror_reference=True))
-    state = both.start(images[0], labels[0], 2)
+    state = both.start(images[0], labels[0])[0]
     work = state.work_size
     mirrored = plain.statistics(
         plain.features(np.ascontiguousarray(images[0][:, ::-1]), work),
-        np.ascontiguousarray(labels[0][:, ::-1]),
+        Annotation(np.ascontiguousarray(labels[0][:, ::-1])),
         3,
         work,
     )
-    expected = plain.start(images[0], labels[0], 2).reference + mirrored
+    expected = plain.start(images[0], labels[0])[0].reference + mirrored
     torch.testing.assert_close(state.reference.A, expected.A, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(state.reference.B, expected.B, rtol=1e-5, atol=1e-4)
     _, out = both.step(state, images[1])
@@ -195,7 +198,7 @@ def test_flipped_features_are_mirror_equivariant(shipped_model) -> None:
     torch.testing.assert_close(X_mirror, X.flip(1), rtol=1e-4, atol=1e-5)
     X_plain = plain.features(images[0], work).view(grid)
     assert not torch.allclose(X_plain, X_plain.flip(1), atol=1e-3)  # the network alone is not symmetric
-    state = flip.start(images[0], labels[0], 1)
+    state = flip.start(images[0], labels[0])[0]
     _, out = flip.step(state, images[1])
     assert iou(out, labels[1], 1) > 0.8  # a 24 x 40 grid: the margin trims about 0.01 of IoU here
 
@@ -203,7 +206,7 @@ def test_flipped_features_are_mirror_equivariant(shipped_model) -> None:
 def test_scale_processes_larger_and_max_side_still_caps_it(shipped_model) -> None:
     images, labels = make_sample.make_clip(2, 240, 400, 1, seed=4)
     seg = Segmenter(shipped_model, SegmentConfig(scale=1.5))
-    state = seg.start(images[0], labels[0], 1)
+    state = seg.start(images[0], labels[0])[0]
     assert state.work_size == (360, 600)
     _, out = seg.step(state, images[1])
     assert out.shape == (240, 400)

@@ -41,7 +41,7 @@ def _frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _scores(model: Embedder | Ensemble, config: SegmentConfig) -> torch.Tensor:
     reference, query, labels = _frames()
     segmenter = Segmenter(model, config)
-    state = segmenter.start(reference, labels, 1)
+    state = segmenter.start(reference, labels)[0]
     return segmenter.scores(state, segmenter.features(query, state.work_size))
 
 

@@ -229,15 +229,15 @@ def _time_stages(
     for _ in range(runs + 1):  # the first start() also warms the network up
         _sync(device)
         tic = time.perf_counter()
-        state = segmenter.start(cache[0], labels, fmt.num_objects)
+        state = segmenter.start(cache[0], labels)[0]
         _sync(device)
         reference.append(time.perf_counter() - tic)
     reference = reference[1:]
     work = state.work_size
 
     with torch.inference_mode():
-        images = [segmenter.image(frame, work) for frame in cache]
-        with segmenter.autocast():
+        images = [segmenter.feed.image(frame, work) for frame in cache]
+        with segmenter.feed.autocast():
             levels = [model.trunk(image) for image in images]
             embedded = [model.embed(level) for level in levels]
         features = [X.flatten(2).transpose(1, 2)[0].float() for X in embedded]
@@ -248,15 +248,15 @@ def _time_stages(
     masks_dir.mkdir(exist_ok=True)
 
     def preprocess(i: int) -> None:
-        segmenter.image(cache[i % n], work)
+        segmenter.feed.image(cache[i % n], work)
 
     def backbone(i: int) -> None:
-        with torch.inference_mode(), segmenter.autocast():
+        with torch.inference_mode(), segmenter.feed.autocast():
             model.trunk(images[i % n])
 
     def head(i: int) -> None:
         with torch.inference_mode():
-            with segmenter.autocast():
+            with segmenter.feed.autocast():
                 X = model.embed(levels[i % n])
             X.flatten(2).transpose(1, 2)[0].float()
 
@@ -575,7 +575,7 @@ def run_bench(
             scale=segmenter.config.scale,
             flip=segmenter.config.flip,  # the stage timings are of one pass; end to end includes the mirror's
             online=segmenter.config.online,
-            amp_dtype=str(segmenter.amp_dtype).removeprefix("torch.") if segmenter.amp_dtype else None,
+            amp_dtype=str(segmenter.feed.amp_dtype).removeprefix("torch.") if segmenter.feed.amp_dtype else None,
         )
         with tempfile.TemporaryDirectory(prefix="vosrr-bench-") as tmp:
             scratch = Path(tmp)

@@ -208,7 +208,7 @@ def _run(
                 on_frame(index)
 
         try:
-            state = segmenter.start(first, labels, fmt.num_objects)
+            state = segmenter.start(first, labels)[0]
             emit(0, first, labels)
             for frame in frames:
                 state, out = segmenter.step(state, frame)
