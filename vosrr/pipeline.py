@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, read_mask, write_mask
+from vosrr.mask_reader import read_mask
+from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mask
 from vosrr.segmenter import Segmenter
 from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
 
