@@ -405,7 +405,7 @@ def test_mask_kind_overrides_the_guess(tmp_path: Path, kind: str, objects: int |
     values = feathered(top=200)
     Image.fromarray(values, mode="L").save(tmp_path / "f.png")
     if objects is None:  # ids: every level is an object; far more than allowed
-        with pytest.raises(MaskError, match="object ids.*--mask-kind soft"):
+        with pytest.raises(MaskError, match=r"object ids.*--mask-kind soft"):
             read_mask(tmp_path / "f.png", kind)
         return
     labels, fmt = read_mask(tmp_path / "f.png", kind)
