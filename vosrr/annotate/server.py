@@ -61,7 +61,7 @@ def new_token() -> str:
 
 
 class _Guard:
-    """ASGI middleware: loopback Host, the token, a bounded body, and the security headers on every answer."""
+    """ASGI middleware: loopback Host, the token, a declared body size, and the security headers on every answer."""
 
     def __init__(self, app: ASGIApp, token: str, max_body: int) -> None:
         self.app, self.token, self.max_body = app, token, max_body
@@ -86,29 +86,28 @@ class _Guard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _plain(413, f"request body over {self.max_body} bytes")(scope, receive, send)
             return
-        received = 0
-
-        async def bounded() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise _TooLargeError
-            return message
 
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *_HEADERS]
             await send(message)
 
-        try:
-            await self.app(scope, bounded, secured)
-        except _TooLargeError:
-            await _plain(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+        await self.app(scope, receive, secured)
 
 
 class _TooLargeError(Exception):
-    pass
+    """A request body over the limit (one sent in chunks, without a Content-Length that says so)."""
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (``_TooLargeError``) as soon as it passes ``limit`` bytes."""
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLargeError(f"request body over {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _plain(status: int, text: str) -> Response:
@@ -200,7 +199,7 @@ def make_app(session: Session, token: str, *, hub: Hub | None = None, max_body: 
     async def paint(request: Request) -> Response:
         index = frame_number(request)
         try:
-            payload = json.loads(await request.body())
+            payload = json.loads(await _body(request, max_body))
         except (ValueError, UnicodeDecodeError):
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
         items = parse_strokes(payload, session.source.size)
@@ -242,6 +241,8 @@ def make_app(session: Session, token: str, *, hub: Hub | None = None, max_body: 
     async def refuse(request: Request, error: Exception) -> Response:
         if isinstance(error, IndexError):
             return JSONResponse({"error": str(error) or "no such frame"}, status_code=404)
+        if isinstance(error, _TooLargeError):
+            return JSONResponse({"error": str(error)}, status_code=413)
         if isinstance(error, BusyError):
             return JSONResponse({"error": str(error)}, status_code=409)
         return JSONResponse({"error": str(error)}, status_code=422)
@@ -271,7 +272,7 @@ def make_app(session: Session, token: str, *, hub: Hub | None = None, max_body: 
             Route("/api/stop", job(session.stop), methods=["POST"]),
             Route("/api/events", events),
         ],
-        exception_handlers={IndexError: refuse, BusyError: refuse, StrokeError: refuse},
+        exception_handlers={IndexError: refuse, BusyError: refuse, StrokeError: refuse, _TooLargeError: refuse},
         lifespan=lifespan,
     )
     return _Guard(app, token, max_body)
@@ -298,6 +299,7 @@ def make_server(session: Session, port: int = 0, token: str | None = None) -> tu
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind(("127.0.0.1", port))
+        sock.listen(128)  # connections wait in the backlog from now on, before the server's loop runs
     except OSError:
         sock.close()
         raise

@@ -21,12 +21,14 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
 from vosrr.annotate.frames import FrameSource
 from vosrr.annotate.strokes import FrameStrokes, Stroke, StrokeError, read_layer, write_layer
@@ -38,6 +40,9 @@ from vosrr.segmenter import AnnotationError, Segmenter, Tracked, VideoState
 __all__ = ["BusyError", "Session"]
 
 Event = dict[str, object]
+
+#: frames whose features are kept for repeated strokes
+_FEATURE_CACHE = 4
 
 
 class BusyError(RuntimeError):
@@ -92,11 +97,14 @@ class Session:
         self._valid = bytearray(len(source))
         """1 where masks/NNNNN.png matches the current strokes"""
         self._cursors: dict[str, _Cursor] = {}
+        self._feature_cache: OrderedDict[int, Tensor] = OrderedDict()
         self._lock = threading.RLock()  # one piece of segmenter work at a time
         self._cancel = threading.Event()
         self._job: threading.Thread | None = None
+        self._jobs = 0
         self.job: Event | None = None
-        """the running or last job: name, state (running, done, stopped, failed), done, total, message"""
+        """the running or last job: id (1, 2, …), name, state (running, done, stopped, failed), done, total, frame
+        (the last one done), message"""
         for index, path in resumed:
             self.strokes[index] = FrameStrokes(source.size, read_layer(path, source.size))
         if resumed:
@@ -233,9 +241,11 @@ class Session:
             self._invalidate(index, before, after)
             self._write_command()
             message = None
-            if index in self.strokes:
+            # the frame's own mask again, or (its strokes gone) that of the next annotated frame
+            target = min((a for a in self.strokes if a >= index), default=None)
+            if target is not None:
                 try:
-                    self._anchor(index)
+                    self._anchor(target)
                 except AnnotationError as error:
                     message = str(error)
             result: Event = {"frame": index, "message": message, "mask": self._is_valid(index)}
@@ -279,9 +289,10 @@ class Session:
                 image = self.source[frame]
                 try:
                     if previous is None:
-                        state, labels = self.segmenter.start(image, annotations[frame])
+                        state, labels = self.segmenter.start(image, annotations[frame], X=self._features(frame))
                     else:
-                        state, labels = self.segmenter.add_annotation(previous, image, annotations[frame])
+                        X = self._features(frame, previous.work_size)
+                        state, labels = self.segmenter.add_annotation(previous, image, annotations[frame], X=X)
                 except AnnotationError as error:
                     self.errors[frame] = str(error)
                     raise
@@ -289,6 +300,18 @@ class Session:
                 self._anchors[frame] = state
                 self._write_mask(frame, labels, state.num_objects)
             return self._anchors[index]
+
+    def _features(self, index: int, work: tuple[int, int] | None = None) -> Tensor:
+        """``X[h*w,C]`` of frame ``index``, kept for the last few frames painted (a stroke needs no new forward pass
+        of its frame; the mirror image's still runs)."""
+        X = self._feature_cache.get(index)
+        if X is None:
+            work = work or self.segmenter.work_size(*self.source.size)
+            X = self._feature_cache[index] = self.segmenter.features(self.source[index], work)
+            while len(self._feature_cache) > _FEATURE_CACHE:
+                self._feature_cache.popitem(last=False)
+        self._feature_cache.move_to_end(index)
+        return X
 
     def _write_mask(self, index: int, labels: np.ndarray, objects: int) -> None:
         if index >= len(self._valid):
@@ -314,7 +337,9 @@ class Session:
             if self.busy:
                 raise BusyError(f"{self.job and self.job['name']} is running; stop it first")
             self._cancel.clear()
-            self.job = {"name": name, "state": "running", "done": 0, "total": 0, "frame": None, "message": None}
+            self._jobs += 1
+            self.job = {"id": self._jobs, "name": name, "state": "running", "done": 0, "total": 0, "frame": None}
+            self.job["message"] = None
             self._job = threading.Thread(target=self._run_job, args=(work,), name=f"vosrr-{name}", daemon=True)
             self._job.start()
         self.notify({"type": "job", "job": dict(self.job)})

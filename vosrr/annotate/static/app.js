@@ -76,7 +76,7 @@
   function applyJob(job) {
     ui.job = job;
     const running = job.state === "running";
-    document.body.dataset.job = `${job.name}:${job.state}`;
+    document.body.dataset.job = `${job.name}:${job.state}:${job.id}`;
     $("propagate").disabled = running;
     $("export").disabled = running;
     $("stop").disabled = !running;
@@ -151,11 +151,20 @@
     if (!frame) { setMessage(`frame ${index} could not be read`, true); return; }
     if (view.width !== frame.width || view.height !== frame.height) {
       view.width = frame.width; view.height = frame.height;
+      fit();
     }
     ui.images = { frame, mask, strokes };
     ui.shown = index;
     document.body.dataset.shown = String(index);
     render();
+  }
+
+  // the frame as large as the window allows, its aspect kept (pointer positions are scaled back in toFrame)
+  function fit() {
+    const room = Math.max(100, $("stage").clientWidth - 8);
+    const scale = Math.min(room / view.width, (window.innerHeight * 0.68) / view.height);
+    view.style.width = `${Math.floor(view.width * scale)}px`;
+    view.style.height = `${Math.floor(view.height * scale)}px`;
   }
 
   function render() {
@@ -299,7 +308,7 @@
   $("propagate").addEventListener("click", () => job("propagate"));
   $("stop").addEventListener("click", () => job("stop"));
   $("export").addEventListener("click", () => job("export"));
-  window.addEventListener("resize", drawTrack);
+  window.addEventListener("resize", () => { fit(); drawTrack(); });
   document.addEventListener("keydown", (event) => {
     if (event.target instanceof HTMLInputElement && event.target.type !== "range") return;
     if (event.key === "ArrowLeft") { show(ui.frame - 1); event.preventDefault(); }
