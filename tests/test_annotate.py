@@ -220,6 +220,39 @@ def test_stopped_and_resumed_propagation_equals_one_run(small_clip, tiny_segment
         again.close()
 
 
+def test_export_is_the_command_lines_job(small_clip, tiny_segmenter, tiny_weights: Path, tmp_path: Path) -> None:
+    """The page's masks, the export's and those of the command in command.txt are the same masks."""
+    video, truth = small_clip
+    out = tmp_path / "out"
+    options = ["--weights", str(tiny_weights), "--device", "cpu"]
+    session = Session(tiny_segmenter, FrameSource(video), out, segment_options=options)
+    try:
+        session.paint(4, _strokes(truth[4]))  # a middle frame: backwards to 0, forwards to the end
+        session.paint(8, _strokes(truth[8]))  # a correction on the way
+        session.propagate()
+        assert session.wait(120)["state"] == "done"
+        page = _masks(out)
+        assert page.keys() == set(range(12))
+        session.export()
+        job = session.wait(120)
+        assert job["state"] == "done", job
+        assert (out / "overlay.mp4").stat().st_size > 0
+        assert session.status()["done"] == 12
+    finally:
+        session.close()
+    exported = _masks(out)
+    assert all(np.array_equal(exported[i], page[i]) for i in page), "the export differs from the page"
+    command = (out / "command.txt").read_text().split()
+    assert command[:2] == ["vosrr", "segment"]
+    again = tmp_path / "again"
+    command[command.index("--out") + 1] = str(again)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "vosrr.cli", *command[1:]], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    rerun = _masks(again)
+    assert rerun.keys() == page.keys() and all(np.array_equal(rerun[i], page[i]) for i in page)
+
+
 def test_an_occupied_folder_is_refused_without_force(small_clip, tiny_segmenter, tmp_path: Path) -> None:
     from vosrr.video import OutputError
 
@@ -231,6 +264,9 @@ def test_an_occupied_folder_is_refused_without_force(small_clip, tiny_segmenter,
         Session(tiny_segmenter, FrameSource(video, index=False), out)
     Session(tiny_segmenter, FrameSource(video, index=False), out, force=True).close()
     assert (out / "notes.txt").read_text() == "mine"
+    # a folder an earlier session made (nothing painted) reopens without --force
+    Session(tiny_segmenter, FrameSource(video, index=False), tmp_path / "fresh").close()
+    Session(tiny_segmenter, FrameSource(video, index=False), tmp_path / "fresh").close()
 
 
 # ---------------------------------------------------------------------- server

@@ -134,6 +134,12 @@ def test_mark_propagate_correct(page_on_clip) -> None:
     assert mean_iou(_mask(out, worst), truth[worst]) == corrected  # the annotated frame keeps its inferred mask
     assert page.locator("#size").inner_text().endswith(f"{FRAMES} with masks")
 
+    before = {i: _mask(out, i) for i in range(FRAMES)}
+    page.click("#export")  # vosrr segment's job on the stroke files: the same masks, and the overlay
+    page.locator("body[data-job='export:done:3']").wait_for(timeout=300_000)
+    assert (out / "overlay.mp4").is_file() and (out / "command.txt").is_file()
+    assert all(np.array_equal(_mask(out, i), before[i]) for i in range(FRAMES))
+
     _go(page, worst)  # the corrected frame: its strokes over its mask
     target = os.environ.get("VOSRR_SCREENSHOT")
     shot = out.parent / "annotate.png"

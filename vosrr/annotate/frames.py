@@ -23,7 +23,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, _frame_files, _read_image, open_video
+from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, _read_image, frame_files, open_video
 
 __all__ = ["FrameSource"]
 
@@ -87,7 +87,7 @@ class FrameSource:
         """frames the cache holds"""
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._files: list[Path] | None = _frame_files(self.path) if self.path.is_dir() else None
+        self._files: list[Path] | None = frame_files(self.path) if self.path.is_dir() else None
         self._single = self._files is None and self.path.suffix.lower() in FRAME_SUFFIXES
         self._count = len(self._files) if self._files is not None else (1 if self._single else max(1, info.frames or 1))
         self.exact = self._files is not None or self._single

@@ -82,4 +82,6 @@ def annotate(
             sock.close()
     finally:
         session.close()
+    status = session.status()
+    say(f"stopped: {status['done']} frame(s) with masks, strokes on {len(status['annotated'])} frame(s) in {out}/")
     return session

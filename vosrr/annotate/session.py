@@ -72,7 +72,7 @@ class Session:
 
     def __init__(
         self,
-        segmenter: Segmenter | Callable[[], Segmenter],
+        segmenter: Segmenter,
         source: FrameSource,
         out: Path,
         *,
@@ -86,10 +86,10 @@ class Session:
         self.outputs = Outputs(self.out, force=True)
         self.segment_options = list(segment_options)
         self.notify: Callable[[Event], None] = notify or (lambda event: None)
-        resumed = self._stroke_files()
-        prepare_output(Outputs(self.out, force=force or bool(resumed)))
+        resumed = self._stroke_files()  # a folder of an earlier session (it has strokes/) is resumed, not refused
+        prepare_output(Outputs(self.out, force=force or self.strokes_dir.is_dir()))
         self.strokes_dir.mkdir(exist_ok=True)
-        self._segmenter = segmenter
+        self.segmenter = segmenter
         self.strokes: dict[int, FrameStrokes] = {}
         self.errors: dict[int, str] = {}
         """annotated frames whose strokes the solve cannot use yet (say, no background)"""
@@ -105,8 +105,11 @@ class Session:
         self.job: Event | None = None
         """the running or last job: id (1, 2, …), name, state (running, done, stopped, failed), done, total, frame
         (the last one done), message"""
+        self._objects: dict[int, int] = {}
+        """the highest object label of each frame's strokes"""
         for index, path in resumed:
             self.strokes[index] = FrameStrokes(source.size, read_layer(path, source.size))
+            self._objects[index] = _objects(self.strokes[index].layer())
         if resumed:
             for index in range(len(source)):
                 if self._mask_path(index).exists():
@@ -114,12 +117,6 @@ class Session:
         self._write_command()
 
     # ----------------------------------------------------------------- reading
-    @property
-    def segmenter(self) -> Segmenter:
-        if not isinstance(self._segmenter, Segmenter):
-            self._segmenter = self._segmenter()
-        return self._segmenter
-
     def _stroke_files(self) -> list[tuple[int, Path]]:
         if not self.strokes_dir.is_dir():
             return []
@@ -156,10 +153,10 @@ class Session:
             return None
 
     def layer(self, index: int) -> np.ndarray | None:
-        """The stroke layer of frame ``index`` (0, 1..K, 255 unknown), or None without strokes."""
-        with self._lock:
-            strokes = self.strokes.get(index)
-            return None if strokes is None else strokes.layer()
+        """The stroke layer of frame ``index`` (0, 1..K, 255 unknown), or None without strokes (no lock: a running
+        job holds it)."""
+        strokes = self.strokes.get(index)
+        return None if strokes is None else strokes.layer()
 
     def _is_valid(self, index: int) -> bool:
         return 0 <= index < len(self._valid) and bool(self._valid[index])
@@ -169,7 +166,7 @@ class Session:
         valid = np.frombuffer(bytes(self._valid), np.uint8).astype(bool)
         edges = np.flatnonzero(np.diff(np.concatenate([[False], valid, [False]]).astype(np.int8)))
         ranges = edges.reshape(-1, 2).tolist()
-        objects = max((_objects(s.layer()) for s in self.strokes.values()), default=0)
+        objects = max(dict(self._objects).values(), default=0)  # a snapshot: no lock, a running job holds it
         return {
             "frames": len(self.source),
             "exact": self.source.exact,
@@ -177,7 +174,7 @@ class Session:
             "height": self.source.info.height,
             "fps": self.source.info.fps,
             "name": self.source.path.name,
-            "annotated": sorted(self.strokes),
+            "annotated": sorted(dict(self.strokes)),
             "errors": {str(k): v for k, v in self.errors.items()},
             "objects": objects,
             "done": int(valid.sum()),
@@ -190,7 +187,7 @@ class Session:
     def command(self) -> str:
         """The ``vosrr segment`` command that redoes this session's whole job from its stroke files."""
         parts = ["vosrr", "segment", str(self.source.path)]
-        for index in sorted(self.strokes):
+        for index in sorted(dict(self.strokes)):
             parts += ["--scribble", f"{index}:{self._stroke_path(index)}"]
         parts += ["--out", str(self.out), "--force", *self.segment_options]
         return shlex.join(parts)
@@ -233,10 +230,13 @@ class Session:
             change(strokes)
             if strokes.annotation() is None:
                 self.strokes.pop(index, None)
+                self._objects.pop(index, None)
                 self._stroke_path(index).unlink(missing_ok=True)
             else:
                 self.strokes[index] = strokes
-                write_layer(self._stroke_path(index), strokes.layer())
+                layer = strokes.layer()
+                self._objects[index] = _objects(layer)
+                write_layer(self._stroke_path(index), layer)
             after = min(self.annotations(), default=None)
             self._invalidate(index, before, after)
             self._write_command()
