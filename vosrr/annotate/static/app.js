@@ -242,15 +242,11 @@
   view.addEventListener("pointerup", finish);
   view.addEventListener("pointercancel", finish);
 
-  async function send(stroke) {
-    const index = stroke.frame;
+  // every change of strokes: the server answers once the frame's mask is inferred again
+  async function change(index, path, options) {
     setPending(1);
-    setMessage("solving…");
     try {
-      const body = { strokes: [{ label: stroke.label, radius: stroke.radius, points: stroke.points }] };
-      const result = await fetchJSON(`strokes/${index}`, {
-        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-      });
+      const result = await fetchJSON(`strokes/${index}${path}`, options);
       setMessage(result.message || "", !!result.message);
     } catch (error) {
       setMessage(error.message, true);
@@ -260,19 +256,14 @@
     }
   }
 
-  async function edit(path, method) {
-    const index = ui.frame;
-    setPending(1);
-    try {
-      const result = await fetchJSON(`strokes/${index}${path}`, { method });
-      setMessage(result.message || "", !!result.message);
-    } catch (error) {
-      setMessage(error.message, true);
-    } finally {
-      await refresh(index);
-      setPending(-1);
-    }
+  function send(stroke) {
+    setMessage("solving…");
+    const body = { strokes: [{ label: stroke.label, radius: stroke.radius, points: stroke.points }] };
+    const headers = { "content-type": "application/json" };
+    return change(stroke.frame, "", { method: "POST", headers, body: JSON.stringify(body) });
   }
+
+  const edit = (path, method) => change(ui.frame, path, { method });
 
   async function refresh(index) {
     applyStatus(await fetchJSON("status"));
