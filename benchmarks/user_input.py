@@ -20,6 +20,7 @@ Settings go in with ``--set name=value`` (``SegmentConfig`` fields), to choose o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ from vosrr.davis import Sequence as DavisSequence
 from vosrr.davis import sequences
 from vosrr.feed import Feed
 from vosrr.mask_reader import read_mask
+from vosrr.propagate import segment_frames
 from vosrr.segmenter import Segmenter
 from vosrr.state import SegmentConfig
 from vosrr.video import open_video
@@ -48,18 +50,19 @@ MODES = ("corrections", "middle", "scribbles")
 
 
 class CachedFeed:
-    """A ``Feed`` that remembers each frame's features (by the frame array's identity) across runs."""
+    """A ``Feed`` that remembers each frame's features across runs, by the frame's bytes (a mirrored copy made
+    afresh by each run is the same frame)."""
 
     def __init__(self, feed: Feed) -> None:
         self.inner = feed
         self.chunk = feed.chunk
-        self.cache: dict[int, Tensor] = {}
+        self.cache: dict[bytes, Tensor] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def features(self, frame: np.ndarray, work: tuple[int, int]) -> Tensor:
-        key = id(frame)
+        key = hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest() + repr(work).encode()
         if key not in self.cache:
             self.cache[key] = self.inner.features(frame, work)
         return self.cache[key]
@@ -99,23 +102,24 @@ def load(seq: DavisSequence) -> Video:
 
 
 def run(segmenter: Segmenter, video: Video, annotations: dict[int, Annotation]) -> tuple[list[np.ndarray], float]:
-    """Labels for every frame (forwards from the first annotation, then backwards from it) and the seconds the
-    last annotation costs when it is a correction: its solve and the propagation of the frames after it."""
-    n = len(video.frames)
-    first, last = min(annotations), max(annotations)
-    out: list[np.ndarray] = [np.zeros(0, np.uint8)] * n
-    state, tic = None, None
-    for t in segmenter.track(((i, video.frames[i]) for i in range(first, n)), annotations):
-        out[t.index] = t.labels
-        if t.index == first:
-            state = t.state
-        if last > first and t.index == last - 1:
-            tic = time.perf_counter()
-    seconds = time.perf_counter() - tic if tic is not None else 0.0
-    if first > 0:
-        for t in segmenter.track(((i, video.frames[i]) for i in range(first - 1, -1, -1)), {}, state):
-            out[t.index] = t.labels
-    return out, seconds
+    """Labels for every frame (``segment_frames``: the CLI's order) and, when the last annotation is a
+    correction, the seconds from reaching its frame to the end: its solve, the backward pass over the frames
+    before it (``between="both"``) and the frames after it. (The forward pass up to it does not depend on it.)"""
+    last = max(annotations)
+    reached: list[float] = []
+    add = segmenter.add_annotation
+
+    def timed(state: Any, frame: np.ndarray, annotation: Any, **options: Any) -> Any:
+        if annotation is annotations[last]:
+            reached.append(time.perf_counter())
+        return add(state, frame, annotation, **options)
+
+    segmenter.add_annotation = timed  # type: ignore[method-assign]
+    try:
+        out = [t.labels for t in segment_frames(segmenter, video.frames, annotations)]
+    finally:
+        del segmenter.add_annotation
+    return out, time.perf_counter() - reached[0] if reached else 0.0
 
 
 def score(video: Video, out: Sequence[np.ndarray]) -> tuple[float, float, list[float]]:
@@ -207,7 +211,12 @@ def scribbles(segmenter: Segmenter, video: Video) -> dict[str, float]:
 def _value(text: str) -> Any:
     if text in ("True", "False"):
         return text == "True"
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _setting(text: str) -> tuple[str, Any]:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from vosrr.annotations import Annotation, Mark, load_timeline, marks_in, parse_mark
 from vosrr.cli import app
 from vosrr.masks import MaskError
+from vosrr.propagate import segment_frames
 from vosrr.segmenter import AnnotationError, SegmentConfig, Segmenter
 
 runner = CliRunner()
@@ -40,16 +41,10 @@ def changing_clip(frames: int = 10, change: int = 5, seed: int = 5) -> tuple[lis
 
 
 def track(segmenter: Segmenter, images: list[np.ndarray], annotations: dict[int, Annotation]) -> list[np.ndarray]:
-    """Every frame's labels: forwards from the first annotation, backwards from it."""
-    first = min(annotations)
-    out: dict[int, np.ndarray] = {}
-    state = None
-    for t in segmenter.track([(i, images[i]) for i in range(first, len(images))], annotations):
-        out[t.index] = t.labels
-        state = t.state if t.index == first else state
-    for t in segmenter.track([(i, images[i]) for i in range(first - 1, -1, -1)], {}, state):
-        out[t.index] = t.labels
-    return [out[i] for i in range(len(images))]
+    """Every frame's labels, in the CLI's order (``segment_frames``)."""
+    out = [t.labels for t in segment_frames(segmenter, images, annotations)]
+    assert len(out) == len(images)
+    return out
 
 
 def mean_iou(out: np.ndarray, truth: np.ndarray, objects: tuple[int, ...] = (1, 2)) -> float:
@@ -57,7 +52,9 @@ def mean_iou(out: np.ndarray, truth: np.ndarray, objects: tuple[int, ...] = (1, 
 
 
 # ------------------------------------------------------------------------------------------ library
-def test_a_correction_makes_its_frame_exact_and_raises_later_iou(segmenter: Segmenter) -> None:
+@pytest.mark.parametrize("between", ["forward", "both"])
+def test_a_correction_makes_its_frame_exact_and_raises_later_iou(shipped_model, between: str) -> None:
+    segmenter = Segmenter(shipped_model, SegmentConfig(between=between))  # type: ignore[arg-type]
     images, labels = changing_clip()
     plain = track(segmenter, images, {0: Annotation(labels[0])})
     corrected = track(segmenter, images, {0: Annotation(labels[0]), 5: Annotation(labels[5])})
@@ -67,8 +64,26 @@ def test_a_correction_makes_its_frame_exact_and_raises_later_iou(segmenter: Segm
     assert np.mean(before) < 0.5  # the changed object is lost without the correction ...
     assert np.mean(after) > np.mean(before) + 0.2  # ... and found again with it
     assert all(a > b for a, b in zip(after, before, strict=True))
-    for t in range(5):  # frames before the correction are not touched
-        np.testing.assert_array_equal(corrected[t], plain[t])
+    if between == "forward":  # frames before the correction are not touched
+        for t in range(5):
+            np.testing.assert_array_equal(corrected[t], plain[t])
+
+
+def test_frames_between_annotations_are_mended_from_both_sides(shipped_model) -> None:
+    images, labels = changing_clip(frames=10, change=4)
+    annotations = {0: Annotation(labels[0]), 8: Annotation(labels[8])}
+    results = {}
+    for between in ("forward", "both"):
+        segmenter = Segmenter(shipped_model, SegmentConfig(between=between))  # type: ignore[arg-type]
+        results[between] = track(segmenter, images, annotations)
+    for t in (0, 8):
+        np.testing.assert_array_equal(results["both"][t], labels[t])
+    # frames 4..7 show the changed object: going forwards from frame 0 loses it, coming back from frame 8 finds it
+    forward = np.mean([mean_iou(results["forward"][t], labels[t]) for t in range(5, 8)])
+    both = np.mean([mean_iou(results["both"][t], labels[t]) for t in range(5, 8)])
+    assert both > forward + 0.15
+    for t in range(1, 3):  # near frame 0 the forward pass still dominates and is good
+        assert mean_iou(results["both"][t], labels[t]) > 0.75
 
 
 def test_a_correction_drops_the_online_memory_and_restarts_the_window(segmenter: Segmenter) -> None:
@@ -260,7 +275,7 @@ def test_timeline_refuses_bad_annotations(tmp_path: Path) -> None:
         load_timeline([Mark(3, a), Mark(3, a)], (40, 60), 10)
     with pytest.raises(MaskError, match="frame 10 is past the end of the video \\(10 frames"):
         load_timeline([Mark(0, a), Mark(10, a)], (40, 60), 10)
-    with pytest.raises(MaskError, match="30x40 but the video is 60x40"):
+    with pytest.raises(MaskError, match="60x40 but the video is 30x40"):
         load_timeline([Mark(0, a)], (40, 30), 10)
     with pytest.raises(MaskError, match="looks rotated"):
         load_timeline([Mark(0, a)], (60, 40), 10)

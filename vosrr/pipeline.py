@@ -6,11 +6,12 @@ nothing holds more than a few frames, so memory is flat in the video's length.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 from vosrr.annotations import Mark, Timeline, load_timeline
 from vosrr.mask_reader import MaskKind
 from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mask
-from vosrr.segmenter import Segmenter
+from vosrr.propagate import Store, segment_frames
+from vosrr.segmenter import AnnotationError, Segmenter
 from vosrr.state import VideoState
 from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
 
@@ -64,10 +66,11 @@ class Summary:
         return self.seconds / max(1, self.frames)
 
 
-def prepare_output(outputs: Outputs) -> list[Path]:
+def prepare_output(outputs: Outputs, create: bool = True) -> list[Path]:
     """Create the output folder; refuse one that already holds anything unless ``force``. Deletes nothing.
 
     Returns the folders it created (outermost first), so a run that writes nothing can remove them again.
+    ``create=False`` only checks (nothing is made, ``[]`` is returned).
     """
     folder = outputs.folder
     other = "choose another folder with --out"
@@ -82,6 +85,8 @@ def prepare_output(outputs: Outputs) -> list[Path]:
         raise OutputError(f"{outputs.mask_dir} exists and is not a folder; move it away or {other}")
     if outputs.overlay and outputs.overlay_path.is_dir():
         raise OutputError(f"{outputs.overlay_path} is a folder; move it away or {other}")
+    if not create:
+        return []
     wanted = [*reversed(folder.parents), folder, *([outputs.mask_dir] if outputs.masks else [])]
     created = [p for p in dict.fromkeys(wanted) if not p.exists()]
     try:
@@ -125,9 +130,11 @@ def segment_video(
 ) -> Summary:
     """Run the whole job. ``marks`` are the annotation files (a plain path: one mask for frame 0).
 
-    The video is segmented from its earliest annotated frame: backwards to frame 0 (those frames are kept in
-    a temporary file meanwhile, so memory stays flat), then forwards to the end, each later annotation (a
-    correction, objects that enter, scribbles) joining the solve where it stands. ``on_start(info, objects)``
+    The video is segmented in ``propagate.segment_frames``'s order: backwards from its earliest annotated frame
+    to frame 0, then forwards to the end, each later annotation (a correction, objects that enter, scribbles)
+    joining the solve where it stands and, under ``between="both"``, also segmenting the frames before it
+    backwards. Frames that wait for a later pass are kept in temporary files, so memory stays flat; results
+    are written in frame order. ``on_start(info, objects)``
     and ``on_frame(index)`` let a caller show progress.
 
     ``segmenter`` may be a function that builds one: it is then called only once the video and the
@@ -140,6 +147,7 @@ def segment_video(
     info, decoded = open_video(video, fps)
     exact = info.frames if Path(video).is_dir() else None  # a folder's frames are counted; a file's estimated
     timeline = load_timeline(marks, (info.height, info.width), exact, resize=resize_mask, kind=mask_kind)
+    prepare_output(outputs, create=False)  # a folder that cannot be used fails now, before any work
     if not isinstance(segmenter, Segmenter):
         segmenter = segmenter()
     side = max(info.width, info.height)
@@ -150,19 +158,22 @@ def segment_video(
         )
     frames = prefetch(decoded)
     summary = Summary(objects=timeline.format.num_objects, notes=list(timeline.notes))
+    created: list[Path] | None = None
+
+    def ready() -> None:  # the output folder appears with the first finished frame
+        nonlocal created
+        created = prepare_output(outputs)
+
     try:
-        with _Spill((info.height, info.width, 3)) as before:
-            start = _read_until(frames, timeline, before, video)
-            if start.shape[:2] != (info.height, info.width):
-                raise VideoError(
-                    f"frame {timeline.first} of {video} is {start.shape[1]}x{start.shape[0]}, but the video "
-                    f"reported {info.width}x{info.height}; re-encode the video"
-                )
-            created = prepare_output(outputs)
+        with contextlib.ExitStack() as spills:
+
+            def store(shape: tuple[int, ...], dtype: np.dtype) -> MutableMapping[int, np.ndarray]:
+                return spills.enter_context(_Spill(shape, dtype))
+
             try:
-                last = _run(segmenter, start, frames, before, timeline, outputs, info, summary, on_start, on_frame)
+                last = _run(segmenter, frames, timeline, outputs, info, summary, store, ready, on_start, on_frame)
             finally:
-                if summary.frames == 0:
+                if created is not None and summary.frames == 0:
                     _remove_empty(created)
         if not (summary.interrupted or summary.stopped_at):
             late = [m for m in timeline.marks if m.frame > last]
@@ -181,75 +192,46 @@ def segment_video(
     return summary
 
 
-def _read_until(frames: Iterator[np.ndarray], timeline: Timeline, before: _Spill, video: Path) -> np.ndarray:
-    """Decode up to the first annotated frame, keeping the frames before it in ``before``; return that frame."""
-    for index, frame in enumerate(frames):
-        if index == timeline.first:
-            return frame
-        before.append(frame)
-    mark = timeline.marks[0]
-    if before.count == 0:
-        raise VideoError(f"{video} holds no frames; give a video with at least one frame")
-    raise MaskError(
-        f"{mark.option}: frame {mark.frame} is past the end of the video ({before.count} frames, "
-        f"0..{before.count - 1}); check the frame index"
-    )
-
-
 def _run(
     segmenter: Segmenter,
-    start: np.ndarray,
     frames: Iterator[np.ndarray],
-    before: _Spill,
     timeline: Timeline,
     outputs: Outputs,
     info: VideoInfo,
     summary: Summary,
+    store: Store,
+    ready: Callable[[], None],
     on_start: Callable[[VideoInfo, int], None] | None,
     on_frame: Callable[[int], None] | None,
 ) -> int:
-    """The frame loops: backwards from the first annotation, then forwards. Masks go to the PNG thread as they
-    come; the overlay gets the frames in order. Returns the index of the last frame decoded."""
+    """Every frame's labels in frame order (``segment_frames``): each mask to the PNG thread, each overlay frame
+    to the encoder. Returns the index of the last frame segmented (-1: none)."""
     fmt = timeline.format
-    first = timeline.first
     colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
-    if on_start:
-        on_start(info, fmt.num_objects)
     tic = time.perf_counter()
     pending: deque[Future[None]] = deque()
-    last = first
+    last = -1
     with ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool, _maybe_writer(outputs, info) as writer:
-
-        def mask(index: int, out: np.ndarray) -> None:
-            if outputs.masks:
-                pending.append(pool.submit(write_mask, outputs.mask_dir / f"{index:05d}.png", out, fmt))
-                while len(pending) > 8 or (pending and pending[0].done()):
-                    pending.popleft().result()
-            summary.frames += 1
-            if on_frame:
-                on_frame(index)
-
-        def show(frame: np.ndarray, out: np.ndarray) -> None:
-            if writer is not None:
-                writer.write(lambda: overlay(frame, out, colours))
-
         try:
-            state, out = segmenter.start(start, timeline.annotations[first])
-            _check_reference(state, start, timeline, summary)
-            mask(first, out)
-            if first > 0:  # backwards to frame 0; the overlay needs them in order, so their labels wait on disk
-                with _Spill((info.height, info.width)) as labels:
-                    backwards = ((i, before[i]) for i in range(first - 1, -1, -1))
-                    for t in segmenter.track(backwards, {}, state):
-                        mask(t.index, t.labels)
-                        labels.put(t.index, t.labels)
-                    for i in range(first):
-                        show(before[i], labels[i])
-            show(start, out)
-            for t in segmenter.track(enumerate(frames, start=first + 1), timeline.annotations, state):
+            for t in segment_frames(segmenter, frames, timeline.annotations, store=store):
+                if last < 0:
+                    _check_reference(t.state, timeline, summary)
+                    ready()
+                    if on_start:
+                        on_start(info, fmt.num_objects)
+                if outputs.masks:
+                    pending.append(pool.submit(write_mask, outputs.mask_dir / f"{t.index:05d}.png", t.labels, fmt))
+                    while len(pending) > 8 or (pending and pending[0].done()):
+                        pending.popleft().result()
+                if writer is not None:
+                    writer.write(lambda frame=t.frame, out=t.labels: overlay(frame, out, colours))
                 last = t.index
-                mask(t.index, t.labels)
-                show(t.frame, t.labels)
+                summary.frames += 1
+                if on_frame:
+                    on_frame(t.index)
+        except AnnotationError as error:  # the video ended before the first annotated frame
+            mark = timeline.marks[0]
+            raise MaskError(f"{mark.option}: {error}; check the frame index") from error
         except KeyboardInterrupt:
             summary.interrupted = True
         except VideoError as error:
@@ -268,54 +250,53 @@ def _run(
     return last
 
 
-def _check_reference(state: VideoState, frame: np.ndarray, timeline: Timeline, summary: Summary) -> None:
+def _check_reference(state: VideoState, timeline: Timeline, summary: Summary) -> None:
     """A note when the first annotated frame cannot support a solve (blank, dark, featureless)."""
-    mark = timeline.marks[0]
-    flat = float(frame.std()) < 2.0
-    if (state.fit is not None and state.fit < 0.5) or flat:
-        how = "it is blank (one colour)" if flat else f"the solve reproduces its own mask with IoU {state.fit:.2f}"
+    if state.fit is not None and state.fit < 0.5:
         summary.notes.append(
-            f"frame {mark.frame} cannot tell the objects from the background well ({how}); the masks will be poor: "
-            f"annotate a frame where the objects are clearly visible (--mask N:FILE), or add more annotated frames"
+            f"frame {timeline.first} cannot tell the objects from the background well (the solve reproduces its "
+            f"own mask with IoU {state.fit:.2f}: a blank, dark or blurred frame?); the masks will be poor: annotate "
+            "a frame where the objects are clearly visible (--mask N:FILE), or add more annotated frames"
         )
 
 
-class _Spill:
-    """Arrays of one shape and dtype kept in an unnamed temporary file (gone with the process), read in any order."""
+class _Spill(MutableMapping[int, np.ndarray]):
+    """Arrays of one shape and dtype by frame index, in an unnamed temporary file (gone with the process)."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: type = np.uint8) -> None:
-        self.shape = shape
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> None:
+        self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
-        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
-        self.count = 0
-        self._file: BinaryIO | None = None
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.indices: set[int] = set()
+        self._file: BinaryIO = tempfile.TemporaryFile(prefix="vosrr-")  # noqa: SIM115 (closed by __exit__)
 
     def __enter__(self) -> _Spill:
         return self
 
     def __exit__(self, *args: object) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._file.close()
 
-    def _open(self) -> BinaryIO:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="vosrr-")  # noqa: SIM115 (closed by __exit__)
-        return self._file
-
-    def append(self, array: np.ndarray) -> None:
-        self.put(self.count, array)
-
-    def put(self, index: int, array: np.ndarray) -> None:
-        file = self._open()
-        file.seek(index * self.nbytes)
-        file.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
-        self.count = max(self.count, index + 1)
+    def __setitem__(self, index: int, array: np.ndarray) -> None:
+        if array.shape != self.shape:
+            raise ValueError(f"array {array.shape} does not fit a spill of {self.shape}")
+        self._file.seek(index * self.nbytes)
+        self._file.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+        self.indices.add(index)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        file = self._open()
-        file.seek(index * self.nbytes)
-        data = file.read(self.nbytes)
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape).copy()
+        if index not in self.indices:
+            raise KeyError(index)
+        self._file.seek(index * self.nbytes)
+        return np.frombuffer(self._file.read(self.nbytes), dtype=self.dtype).reshape(self.shape).copy()
+
+    def __delitem__(self, index: int) -> None:
+        self.indices.discard(index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class _NoWriter:

@@ -193,7 +193,8 @@ class Segmenter:
         for _ in range(self.config.scribble_rounds):
             P = solver.predict(X, W)
             Y, valid = self._confident(P, num_classes)
-            W = solver.solve(stroke_stats + grid_statistics(X, Y, valid, self.blocks, self.config.balance), self.lam)
+            pseudo = grid_statistics(X, Y, valid, self.blocks, self.config.balance, self.config.scribble_weight)
+            W = solver.solve(stroke_stats + pseudo, self.lam)
         P = solver.predict(X, W).transpose(0, 1).reshape(num_classes, h, w)
         out = decide.labels(P, work, strokes.size, self.decision, frame)
         known = strokes.known if strokes.known is not None else np.ones(strokes.size, bool)

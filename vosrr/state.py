@@ -15,7 +15,10 @@ from torch import Tensor
 
 from vosrr.solver import Stats
 
-__all__ = ["SegmentConfig", "VideoState"]
+__all__ = ["Between", "SegmentConfig", "VideoState"]
+
+#: how frames between two annotations are segmented: from both sides (blended), or forwards only
+Between = Literal["both", "forward"]
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,15 @@ class SegmentConfig:
     earlier: float = 1.0
     """weight kept by the statistics of earlier annotations when a new one (a correction) arrives (1: all count
     alike; below 1 the newest annotation counts more)"""
+    between: Between = "both"
+    """frames between two annotated frames: segmented from both (scores blended by distance) or forwards only"""
     kept_memory: float = 0.0
     """share of the online memory an annotated frame keeps (0: a correction takes over from it entirely)"""
     reappear: float = 0.0
     """extra score an object absent from the last frame needs to be found again (0: as any other pixel)"""
     scribble_rounds: int = 3
+    scribble_weight: float = 1.0
+    """weight of the confidently predicted cells against the strokes in each of those rounds"""
     """rounds of solve, predict and add-the-confident-cells that infer a frame's full mask from scribbles"""
     chunk: int | None = None
     """frames per network batch while propagating (None: 16 on a GPU, 1 on a CPU); masks do not depend on it"""
@@ -94,6 +101,8 @@ class SegmentConfig:
             raise ValueError(f"min_part must be in [0, 1], got {self.min_part}")
         if not 0.25 <= self.scale <= 4:
             raise ValueError(f"scale must be in [0.25, 4], got {self.scale}")
+        if self.between not in ("both", "forward"):
+            raise ValueError(f"between must be both or forward, got {self.between!r}")
         if not 0 <= self.kept_memory <= 1:
             raise ValueError(f"kept_memory must be in [0, 1], got {self.kept_memory}")
         if not 0 <= self.reappear <= 10:
