@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vosrr.exports import open_exports
 from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, read_mask, write_mask
 from vosrr.segmenter import Segmenter
 from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
@@ -36,6 +37,8 @@ class Outputs:
     overlay: bool = True
     force: bool = False
     mask_subdir: str = "masks"
+    exports: tuple[str, ...] = ()  # kinds of vosrr.exports.EXPORT_KINDS
+    overlay_style: str = "fill"  # one of vosrr.masks.OVERLAY_STYLES
 
     @property
     def mask_dir(self) -> Path:
@@ -194,7 +197,11 @@ def _run(
         on_start(info, fmt.num_objects)
     tic = time.perf_counter()
     pending: deque[Future[None]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool, _maybe_writer(outputs, info) as writer:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool,
+        _maybe_writer(outputs, info) as writer,
+        open_exports(outputs.exports, outputs.folder, info, fmt) as sinks,
+    ):
 
         def emit(index: int, frame: np.ndarray, out: np.ndarray) -> None:
             if outputs.masks:
@@ -202,7 +209,9 @@ def _run(
                 while len(pending) > 8 or (pending and pending[0].done()):
                     pending.popleft().result()
             if writer is not None:
-                writer.write(lambda: overlay(frame, out, colours))
+                writer.write(lambda: overlay(frame, out, colours, style=outputs.overlay_style))
+            for sink in sinks:
+                sink.write(index, frame, out)
             summary.frames = index + 1
             if on_frame:
                 on_frame(index)
@@ -213,6 +222,7 @@ def _run(
             for frame in frames:
                 state, out = segmenter.step(state, frame)
                 emit(summary.frames, frame, out)
+            sinks.complete = True  # the others close as interrupted or failed: they keep what is finished
         except KeyboardInterrupt:
             summary.interrupted = True
         except VideoError as error:
