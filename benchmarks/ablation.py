@@ -25,7 +25,8 @@ import numpy as np
 from vosrr.checkpoint import load_model
 from vosrr.davis import sequences
 from vosrr.evaluate import score_sequence
-from vosrr.masks import read_mask, write_mask
+from vosrr.mask_reader import read_mask
+from vosrr.masks import write_mask
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import open_video
 

@@ -26,7 +26,7 @@ from vos_benchmark.evaluator import Evaluator
 
 from vosrr.checkpoint import load_model
 from vosrr.davis import Sequence, sequences
-from vosrr.masks import read_mask
+from vosrr.mask_reader import read_mask
 from vosrr.segmenter import SegmentConfig, Segmenter, VideoState
 from vosrr.video import open_video
 

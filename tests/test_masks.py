@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from vosrr import masks
-from vosrr.masks import MAX_OBJECTS, MaskError, davis_palette, drop_small_parts, read_mask, targets, write_mask
+from vosrr.mask_reader import read_mask
+from vosrr.masks import MAX_OBJECTS, MaskError, davis_palette, drop_small_parts, targets, write_mask
 
 
 def blocks(shape: tuple[int, int] = (48, 64)) -> np.ndarray:
@@ -125,15 +126,15 @@ def test_transparent_pixels_are_background(tmp_path: Path) -> None:
     assert fmt.ids == (0, 200)
 
 
-def test_anti_aliased_grey_edges_snap_to_the_nearest_id(tmp_path: Path) -> None:
+def test_anti_aliased_binary_mask_is_one_soft_object(tmp_path: Path) -> None:
     binary = (blocks() > 0).astype(np.uint8) * 255
     soft = cv2.GaussianBlur(binary, (5, 5), 1.2)
     assert len(np.unique(soft)) > 10
     Image.fromarray(soft, mode="L").save(tmp_path / "soft.png")
     labels, fmt = read_mask(tmp_path / "soft.png")
     assert fmt.ids == (0, 255)
-    np.testing.assert_array_equal(labels, (soft > 127).astype(np.uint8))  # nearest of 0 and 255
-    assert any("snapped" in note for note in fmt.notes)
+    np.testing.assert_array_equal(labels, (soft > 127).astype(np.uint8))  # at or above half of 255
+    assert any("one soft-edged object" in note for note in fmt.notes)
 
 
 def test_anti_aliased_colour_edges_snap_to_the_nearest_colour(tmp_path: Path) -> None:
@@ -290,3 +291,175 @@ def test_drop_small_parts_connects_diagonal_neighbours_and_keeps_equal_parts() -
 def test_drop_small_parts_rejects_fractions_outside_0_1(fraction: float) -> None:
     with pytest.raises(ValueError, match="fraction must be in"):
         drop_small_parts(np.zeros((4, 4), np.uint8), fraction)
+
+
+# ------------------------------------------------------------------------------------ what the reader decides
+def big_and_small(small_value: int, big_value: int, shape: tuple[int, int] = (60, 80)) -> np.ndarray:
+    """A big object, a 2x2 object touching it and a 2-pixel line touching it, each with its own value."""
+    values = np.zeros(shape, np.uint8)
+    values[10:40, 10:40] = big_value
+    values[20:22, 40:42] = small_value  # 2x2, against the big object's right side
+    values[40:42, 15:35] = small_value  # a 2-pixel line under it
+    return values
+
+
+@pytest.mark.parametrize(("small", "big"), [(2, 1), (1, 2), (128, 255), (255, 128)])
+def test_small_objects_next_to_a_big_one_stay_objects(tmp_path: Path, small: int, big: int) -> None:
+    values = big_and_small(small, big)
+    Image.fromarray(values, mode="L").save(tmp_path / "m.png")
+    labels, fmt = read_mask(tmp_path / "m.png")
+    assert sorted(fmt.ids) == [0, *sorted({small, big})] and fmt.num_objects == 2
+    np.testing.assert_array_equal(np.asarray(fmt.ids)[labels], values)
+    assert not any("snapped" in note or "soft" in note for note in fmt.notes)
+
+
+def test_small_colour_object_next_to_a_big_one_stays_an_object(tmp_path: Path) -> None:
+    values = big_and_small(2, 1)
+    colours = np.asarray([[0, 0, 0], [220, 30, 30], [30, 30, 220]], np.uint8)
+    Image.fromarray(colours[values]).save(tmp_path / "m.png")
+    labels, fmt = read_mask(tmp_path / "m.png")
+    assert fmt.num_objects == 2
+    np.testing.assert_array_equal(np.asarray(fmt.palette, np.uint8)[labels], colours[values])
+
+
+def feathered(shape: tuple[int, int] = (96, 128), top: int = 254) -> np.ndarray:
+    """One round object whose edge ramps smoothly from 0 to ``top`` over 12 pixels (a matting tool's mask)."""
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    distance = np.hypot(y - 47.3, x - 63.6) - 30.0  # signed distance to a circle, negative inside
+    return np.clip(top * (0.5 - distance / 12), 0, top).round().astype(np.uint8)
+
+
+def test_feathered_mask_is_one_object_thresholded_at_half_its_maximum(tmp_path: Path) -> None:
+    values = feathered()
+    assert len(np.unique(values)) > 100 and values.max() == 254
+    Image.fromarray(values, mode="L").save(tmp_path / "f.png")
+    labels, fmt = read_mask(tmp_path / "f.png")
+    assert fmt.ids == (0, 255)
+    np.testing.assert_array_equal(labels, (values >= 127).astype(np.uint8))
+    (note,) = fmt.notes
+    assert "one soft-edged object" in note and "127" in note and f"{int((values >= 127).sum())} px" in note
+
+
+def test_a_few_ramp_levels_around_one_level_are_one_object(tmp_path: Path) -> None:
+    """The issue's example: a 0/255 mask whose edge pixels hold 1, 2, 253 and 254 (four 'objects' before)."""
+    values = np.zeros((40, 60), np.uint8)
+    values[10:30, 10:40] = 255
+    values[9, 10:40], values[8, 10:40] = 254, 253  # a two-step ramp above the object ...
+    values[30, 10:40], values[31, 10:40] = 2, 1  # ... and one fading out below it
+    Image.fromarray(values, mode="L").save(tmp_path / "r.png")
+    labels, fmt = read_mask(tmp_path / "r.png")
+    assert fmt.num_objects == 1
+    np.testing.assert_array_equal(labels, (values >= 128).astype(np.uint8))
+
+
+def test_anti_aliased_edges_between_several_ids_are_snapped_and_named(tmp_path: Path) -> None:
+    values = np.zeros((40, 90), np.uint8)
+    values[5:35, 5:40], values[5:35, 50:85] = 100, 200
+    values[5:35, 4], values[5:35, 40] = 50, 50  # 1-pixel ramps between 0 and 100
+    values[5:35, 49], values[5:35, 85] = 90, 110  # ramps between 0 and 200, nearer 100 than 200
+    values[4, 50:85] = 130
+    Image.fromarray(values, mode="L").save(tmp_path / "a.png")
+    labels, fmt = read_mask(tmp_path / "a.png")
+    assert fmt.ids == (0, 100, 200)
+    (note,) = fmt.notes
+    assert "snapped" in note and "50: 60 px" in note and "130: 35 px" in note
+    assert labels[20, 4] in (0, 1) and labels[4, 60] == 1  # 130 is nearest 100 (snapping is by value)
+
+
+def test_16_bit_ids_stay_distinct_objects_and_are_written_back(tmp_path: Path) -> None:
+    values = np.zeros((30, 40), np.uint16)
+    values[2:12, 2:12], values[15:28, 20:38] = 256, 512
+    Image.fromarray(values).save(tmp_path / "wide.png")  # uint16: a 16-bit grey PNG
+    labels, fmt = read_mask(tmp_path / "wide.png")
+    assert fmt.ids == (0, 256, 512)
+    write_mask(tmp_path / "out.png", labels, fmt)
+    with Image.open(tmp_path / "out.png") as image:
+        np.testing.assert_array_equal(np.asarray(image), values)
+
+
+def test_255_beside_small_ids_is_void(tmp_path: Path) -> None:
+    from vosrr.mask_reader import read_raw
+
+    values = blocks()
+    values[0:4, :] = 255  # DAVIS void along the top
+    save_palette(tmp_path / "void.png", values)
+    raw = read_raw(tmp_path / "void.png")
+    assert raw.keys == [1, 2, 3] and raw.known is not None
+    np.testing.assert_array_equal(raw.known, values != 255)
+    labels, fmt = read_mask(tmp_path / "void.png")
+    assert fmt.ids == (0, 1, 2, 3) and labels[0:4].max() == 0
+    assert any("256 pixels" in note and "void" in note for note in fmt.notes)  # 4 rows x 64 pixels, counted
+
+
+def test_binary_0_255_is_not_void(tmp_path: Path) -> None:
+    from vosrr.mask_reader import read_raw
+
+    binary = (blocks() > 0).astype(np.uint8) * 255
+    Image.fromarray(binary, mode="L").save(tmp_path / "b.png")
+    raw = read_raw(tmp_path / "b.png")
+    assert raw.known is None and raw.keys == [255]
+
+
+@pytest.mark.parametrize(("kind", "objects"), [("auto", 1), ("ids", None), ("binary", 1), ("soft", 1)])
+def test_mask_kind_overrides_the_guess(tmp_path: Path, kind: str, objects: int | None) -> None:
+    values = feathered(top=200)
+    Image.fromarray(values, mode="L").save(tmp_path / "f.png")
+    if objects is None:  # ids: every level is an object; far more than allowed
+        with pytest.raises(MaskError, match="object ids.*--mask-kind soft"):
+            read_mask(tmp_path / "f.png", kind)
+        return
+    labels, fmt = read_mask(tmp_path / "f.png", kind)
+    assert fmt.num_objects == objects
+    expected = values > 0 if kind == "binary" else values >= 100
+    np.testing.assert_array_equal(labels, expected.astype(np.uint8))
+
+
+def test_ids_kind_keeps_small_objects_and_edges_exactly(tmp_path: Path) -> None:
+    values = np.zeros((40, 60), np.uint8)
+    values[10:30, 10:40] = 200
+    values[9, 10:40] = 100  # would be a ramp under auto
+    Image.fromarray(values, mode="L").save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png")[1].num_objects == 1
+    assert read_mask(tmp_path / "m.png", "ids")[1].ids == (0, 100, 200)
+
+
+def test_alpha_matte_is_one_soft_object(tmp_path: Path) -> None:
+    rgba = np.zeros((96, 128, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = feathered(top=255)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "matte.png")
+    labels, fmt = read_mask(tmp_path / "matte.png")
+    assert fmt.num_objects == 1
+    np.testing.assert_array_equal(labels, (rgba[..., 3] >= 127.5).astype(np.uint8))
+
+
+def test_rgba_scribble_convention(tmp_path: Path) -> None:
+    from vosrr.mask_reader import read_raw
+
+    rgba = np.zeros((40, 60, 4), np.uint8)  # transparent: unknown
+    rgba[5, 5:50] = (0, 0, 0, 255)  # an opaque black stroke: background
+    rgba[20, 10:30] = (255, 0, 0, 255)  # red: one object
+    rgba[30, 10:30] = (0, 200, 0, 255)  # green: another
+    rgba[31, 10:30] = (0, 200, 0, 60)  # a faint brush edge: still unknown
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "s.png")
+    raw = read_raw(tmp_path / "s.png", scribble=True)
+    assert raw.colour and len(raw.keys) == 2 and raw.known is not None
+    assert raw.known.sum() == 45 + 20 + 20
+    assert raw.values[5, 5] == 0 and raw.known[5, 5]  # known background
+    assert raw.values[20, 15] == 0xFF0000 and raw.values[30, 15] == 0x00C800
+
+
+def test_palette_scribble_convention(tmp_path: Path) -> None:
+    from vosrr.mask_reader import read_raw
+
+    values = np.full((40, 60), 255, np.uint8)  # 255: unknown
+    values[5, :] = 0
+    values[20, 10:30] = 1
+    values[30, 10:30] = 3
+    save_palette(tmp_path / "s.png", values)
+    raw = read_raw(tmp_path / "s.png", scribble=True)
+    assert raw.keys == [1, 3] and not raw.colour
+    np.testing.assert_array_equal(raw.known, values != 255)
+    with pytest.raises(MaskError, match="marks no pixel"):
+        save_palette(tmp_path / "blank.png", np.full((8, 8), 255, np.uint8))
+        read_raw(tmp_path / "blank.png", scribble=True)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vosrr import solver
-from vosrr.masks import davis_palette, read_mask, write_mask
+from vosrr.mask_reader import read_mask
+from vosrr.masks import davis_palette, write_mask
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -23,7 +24,8 @@ def label_maps(draw: st.DrawFn) -> tuple[np.ndarray, list[int]]:
     """A label map of solid 3x3 cells (so every id has an interior, as real masks do) and its id values."""
     rows, cols = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     count = draw(st.integers(1, 6))
-    ids = draw(st.lists(st.integers(1, 255), min_size=count, max_size=count, unique=True))
+    # 255 beside small ids (1..32) is DAVIS's void, not an id: test_masks covers it
+    ids = draw(st.lists(st.integers(1, 254), min_size=count, max_size=count, unique=True))
     cells = np.asarray(draw(st.lists(st.integers(0, count), min_size=rows * cols, max_size=rows * cols)))
     cells = cells.reshape(rows, cols)
     if not cells.any():

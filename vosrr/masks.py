@@ -1,4 +1,6 @@
-"""Object masks: reading whatever PNG a user has, writing DAVIS-style palette PNGs, overlays, and targets.
+"""Object masks inside vosrr: the label format, writing DAVIS-style palette PNGs, overlays, and targets.
+
+Reading the files users have is ``vosrr.mask_reader``.
 
 Inside vosrr a mask is a dense label map ``labels[H,W]`` (uint8, 0 = background, 1..K = objects);
 ``MaskFormat`` remembers how those labels map back to the values of the user's file, so written masks
@@ -16,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "davis_palette",
     "drop_small_parts",
     "overlay",
-    "read_mask",
     "targets",
     "write_mask",
 ]
@@ -74,110 +75,15 @@ def davis_palette(n: int = 256) -> list[tuple[int, int, int]]:
     return colours
 
 
-def _interior_values(values: np.ndarray) -> np.ndarray:
-    """Values that fill at least one whole 3x3 neighbourhood: real labels, not anti-aliasing ramps."""
-    padded = np.pad(values, 1, mode="edge")
-    height, width = values.shape
-    same = np.ones(values.shape, dtype=bool)
-    for dy in range(3):
-        for dx in range(3):
-            same &= values == padded[dy : dy + height, dx : dx + width]
-    found = np.unique(values[same])
-    return found if found.size else np.unique(values)
-
-
-def _snap_grey(values: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Grey values strictly between two real values (ramps) -> the nearest real one; others are kept."""
-    pos = np.clip(np.searchsorted(real, values), 1, len(real) - 1)
-    lo, hi = real[pos - 1], real[pos]
-    ramp = (values > real[0]) & (values < real[-1]) & ~np.isin(values, real)
-    nearest = np.where(values.astype(np.int64) - lo <= hi.astype(np.int64) - values, lo, hi)
-    return np.where(ramp, nearest, values)
-
-
-def _snap_colours(packed: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Packed 0xRRGGBB colours -> the nearest (Euclidean RGB) of the ``real`` colours."""
-    used, inverse = np.unique(packed, return_inverse=True)
-
-    def rgb(v: np.ndarray) -> np.ndarray:
-        return np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], -1).astype(np.float32)
-
-    distance = ((rgb(used)[:, None] - rgb(real)[None]) ** 2).sum(-1)
-    return real[distance.argmin(1)][inverse].reshape(packed.shape)
-
-
-def _open(path: Path) -> tuple[np.ndarray, str, list[int] | None]:
-    """``(pixels, kind, palette)``: kind is ``palette`` (indices), ``grey`` (values) or ``colour`` (0xRRGGBB)."""
-    if not path.exists():
-        raise MaskError(f"mask not found: {path}; pass the first frame's mask PNG with --mask")
-    if not path.is_file():
-        raise MaskError(f"mask {path} is a folder, not an image; pass the first frame's mask PNG with --mask")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("P", "LA"):  # indices or grey values (transparent pixels are background)
-                bands = np.asarray(image).reshape(image.height, image.width, -1)
-                values = np.where(bands[..., -1] > 0, bands[..., 0], 0) if bands.shape[-1] == 2 else bands[..., 0]
-                return values, "grey" if image.mode == "LA" else "palette", image.getpalette()
-            if image.mode not in ("RGB", "RGBA"):
-                return np.asarray(image.convert("L")), "grey", None
-            rgba = np.asarray(image.convert("RGBA")).astype(np.int64)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise MaskError(f"cannot read mask {path}: not an image ({error}); pass a PNG mask with --mask") from error
-    r, g, b, a = (rgba[..., i] for i in range(4))
-    if np.all((r == g) & (g == b)):
-        return np.where(a > 0, b, 0), "grey", None  # a grey mask saved as RGB
-    return np.where(a > 0, (r << 16) | (g << 8) | b, 0), "colour", None
-
-
-def read_mask(path: Path) -> tuple[np.ndarray, MaskFormat]:
-    """Read a mask PNG -> ``(labels[H,W] uint8 in 0..K, MaskFormat)``.
-
-    Accepts palette PNGs (index = object id), grey PNGs (each value an id: 0/255 binary or 0,1,2,...),
-    and RGB(A) colour masks (each colour an object, black = background; DAVIS palette colours keep
-    their DAVIS ids). Anti-aliased edges of grey and colour masks, values that fill no interior, are
-    snapped to the nearest real value and reported in ``notes``; palette indices are taken as they are.
-    """
-    path = Path(path)
-    values, kind, palette = _open(path)
-    notes: list[str] = []
-    if kind != "palette":
-        real = _interior_values(values)
-        snapped = _snap_grey(values, real) if kind == "grey" else _snap_colours(values, real)
-        if not np.array_equal(snapped, values):
-            values = snapped
-            notes.append(f"{path.name}: anti-aliased edge values were snapped to the nearest object id")
-    found = [int(v) for v in np.unique(values) if v != 0]
-    if not found:
-        raise MaskError(f"mask {path} is empty: it marks no object (all pixels are 0); draw the objects to track")
-    if len(found) > MAX_OBJECTS:
-        raise MaskError(
-            f"mask {path} has {len(found)} object ids; vosrr takes at most {MAX_OBJECTS} "
-            "(merge objects, or save the mask without anti-aliasing or JPEG compression)"
-        )
-    base = davis_palette()
-    if palette is not None:
-        flat = list(palette) + [0] * (768 - len(palette))
-        base = [(flat[3 * i], flat[3 * i + 1], flat[3 * i + 2]) for i in range(256)]
-    if kind == "colour":
-        colours = [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in found]
-        davis = {c: i for i, c in enumerate(base)}
-        ids = [davis[c] for c in colours] if all(c in davis for c in colours) else list(range(1, len(found) + 1))
-        order = np.argsort(ids)
-        found, ids = [found[i] for i in order], [ids[i] for i in order]
-        rgbs = [(0, 0, 0)] + [colours[i] for i in order]
-        named = ", ".join(f"{i} {c}" for i, c in zip(ids, rgbs[1:], strict=True))
-        notes.append(f"{path.name}: {len(found)} colours mapped to object ids ({named})")
-    else:
-        ids, rgbs = found, [base[0]] + [base[v] for v in found]
-    labels = np.zeros(values.shape, dtype=np.uint8)
-    for label, value in enumerate(found, start=1):
-        labels[values == value] = label
-    return labels, MaskFormat((0, *ids), tuple(rgbs), tuple(notes))
-
-
 def write_mask(path: Path, labels: np.ndarray, fmt: MaskFormat) -> None:
-    """Write dense labels as a palette PNG holding the user's ids; atomic (temporary file, then rename)."""
+    """Write dense labels as a palette PNG holding the user's ids; atomic (temporary file, then rename).
+
+    Ids past 255 (16-bit masks) are written as a 16-bit grey PNG holding them.
+    """
+    if max(fmt.ids) > 255:
+        wide = np.asarray(fmt.ids, dtype=np.uint16)[labels]
+        atomic_save(path, Image.fromarray(wide))  # uint16: a 16-bit grey PNG
+        return
     ids = np.asarray(fmt.ids, dtype=np.uint8)
     image = Image.fromarray(ids[labels], mode="P")
     palette = davis_palette()

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from vosrr.exports import open_exports
-from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, read_mask, write_mask
+from vosrr.mask_reader import read_mask
+from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mask
 from vosrr.segmenter import Segmenter
 from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
 
