@@ -120,7 +120,7 @@ def overlay(
     """``overlay(frame[H,W,3] uint8, labels[H,W], colours[K+1,3] uint8) -> frame[H,W,3]`` with the objects drawn.
 
     ``fill`` tints each object's pixels (``alpha`` of its colour); ``contour`` paints only the boundary pixels,
-    those of an object with another label (or the background) within ``contour_width(H, W) - 1`` pixels, in
+    those of an object with another label (or the background) within ``contour_width(H, W)`` pixels, in
     the object's colour brightened to full strength (DAVIS's dark red reads badly as a thin line). Everything
     else is the frame as it was.
     """
@@ -129,7 +129,7 @@ def overlay(
     out = frame.copy()
     if style == "contour":
         width = contour_width(*labels.shape)
-        kernel = np.ones((2 * width - 1, 2 * width - 1), dtype=np.uint8)
+        kernel = np.ones((2 * width + 1, 2 * width + 1), dtype=np.uint8)
         edge = (labels > 0) & (cv2.dilate(labels, kernel) != cv2.erode(labels, kernel))
         strength = np.maximum(colours.max(axis=1, keepdims=True), 1).astype(np.float32)
         bright = np.round(colours.astype(np.float32) * (255 / strength)).astype(np.uint8)
