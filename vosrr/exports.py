@@ -171,22 +171,18 @@ class _Background:
         reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else error
         return OutputError(f"{self.what} failed ({reason}); check free disk space, or drop that --export kind")
 
-    def drain(self) -> bool:
-        """Wait for the queued work (once); True when all of it succeeded."""
+    def finish(self, complete: bool, wrap_up: Callable[[bool], None]) -> None:
+        """Wait for the queued work, then ``wrap_up(ok)`` (ok: all of it succeeded), once however often this
+        is called; raise the first failure only when ``complete``."""
         if not self._closed:
             self._closed = True
             while self._pending:
                 self._collect(self._pending.popleft())
             self._pool.shutdown(wait=True)
-        return self._error is None
-
-    def finish(self, complete: bool, wrap_up: Callable[[bool], None]) -> None:
-        """Drain, then ``wrap_up(ok)``; raise the first failure only when ``complete``."""
-        ok = self.drain()
-        try:
-            wrap_up(ok)
-        except Exception as error:
-            self._error = self._error or error
+            try:
+                wrap_up(self._error is None)
+            except Exception as error:
+                self._error = self._error or error
         if complete:
             self._check()
 
