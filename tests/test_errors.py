@@ -277,7 +277,7 @@ def test_mask_of_another_size(segment, still, tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_png(out / "masks" / "00000.png"), labels[0])
 
 
-def test_anti_aliased_mask_is_snapped_with_a_note(segment, still, tmp_path: Path) -> None:
+def test_anti_aliased_mask_is_one_object_with_a_note(segment, still, tmp_path: Path) -> None:
     video, _, labels = still
     binary = (labels[0] > 0).astype(np.uint8) * 255
     soft = cv2.GaussianBlur(binary, (5, 5), 1.0)
@@ -287,7 +287,7 @@ def test_anti_aliased_mask_is_snapped_with_a_note(segment, still, tmp_path: Path
     out = tmp_path / "out"
     result = segment(video, "-m", mask, "-o", out, "--no-overlay")
     succeeds(result)
-    assert "note:" in result.stderr and "snapped" in result.stderr
+    assert "note:" in result.stderr and "one soft-edged object" in result.stderr
     first = read_png(out / "masks" / "00000.png")
     assert set(np.unique(first)) == {0, 255}  # the user's ids, no edge values
     assert np.mean(first == binary) > 0.97
@@ -505,16 +505,16 @@ def test_disk_full_mid_run(segment, clip, tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_keeps_complete_frames(segment, clip, tmp_path: Path, monkeypatch) -> None:
     video, mask, _ = clip
-    step = Segmenter.step
+    advance = Segmenter.advance
     calls = []
 
-    def interrupted_step(self, state, frame):
+    def interrupted_advance(self, state, frame, X, **options):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return step(self, state, frame)
+        return advance(self, state, frame, X, **options)
 
-    monkeypatch.setattr(Segmenter, "step", interrupted_step)
+    monkeypatch.setattr(Segmenter, "advance", interrupted_advance)
     out = tmp_path / "out"
     fails(segment(video, "-m", mask, "-o", out), ExitCode.INTERRUPTED, "interrupted after 3 frames", str(out))
     pngs = sorted((out / "masks").iterdir())

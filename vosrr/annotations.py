@@ -12,7 +12,11 @@ The online update enters at the second step with its confident predictions as ``
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,10 +26,21 @@ from torch import Tensor
 
 from vosrr import solver
 from vosrr.embedding import STRIDE, padded_size
-from vosrr.masks import targets
+from vosrr.mask_reader import MaskKind, RawMask, format_for, read_raw
+from vosrr.masks import MAX_OBJECTS, MaskError, MaskFormat, davis_palette, targets
 from vosrr.solver import Stats
 
-__all__ = ["Annotation", "grid_statistics", "pixel_targets", "widen"]
+__all__ = [
+    "Annotation",
+    "Mark",
+    "Timeline",
+    "grid_statistics",
+    "load_timeline",
+    "marks_in",
+    "parse_mark",
+    "pixel_targets",
+    "widen",
+]
 
 
 @dataclass(frozen=True)
@@ -118,3 +133,193 @@ def widen(stats: Stats, num_classes: int) -> Stats:
     if extra == 0:
         return stats
     return Stats(stats.A, F.pad(stats.B, (0, extra)))
+
+
+# ------------------------------------------------------------------------------------------ the timeline
+@dataclass(frozen=True)
+class Mark:
+    """An annotation file the user gives: ``frame`` index (0 = first frame), its path, mask or scribble."""
+
+    frame: int
+    path: Path
+    scribble: bool = False
+
+    @property
+    def option(self) -> str:
+        """How the user wrote it, for messages: ``--mask 120:fix.png``."""
+        return f"--{'scribble' if self.scribble else 'mask'} {self.frame}:{self.path}"
+
+
+def parse_mark(text: str, scribble: bool = False) -> Mark:
+    """``"FILE"`` (frame 0) or ``"N:FILE"`` -> ``Mark``. A path that exists as written wins, so a file named
+    ``12:30.png`` is still a file; a negative index is refused (``ValueError``)."""
+    path = Path(text)
+    match = re.fullmatch(r"(-?\d+):(.+)", text)
+    if match is None or (path.exists() and not Path(match.group(2)).exists()):
+        return Mark(0, path, scribble)
+    index = int(match.group(1))
+    if index < 0:
+        raise ValueError(f"frame index {index} in {text!r} is negative; frames count from 0")
+    return Mark(index, Path(match.group(2)), scribble)
+
+
+def marks_in(folder: Path, frame_names: Sequence[str] | None = None) -> list[Mark]:
+    """The masks of a folder named by frame (``00000.png``, ``00120.png``: the DAVIS / YouTube-VOS layout).
+
+    With ``frame_names`` (the stems of a frame folder's files, in order) a mask named like a frame belongs to
+    that frame (YouTube-VOS numbers every fifth frame); otherwise the number in the name is the frame index.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MaskError(f"--masks {folder} is not a folder; pass a folder of NNNNN.png masks named by frame")
+    position = {name: i for i, name in enumerate(frame_names or ())}
+    marks = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() != ".png" or path.name.startswith("."):
+            continue
+        if path.stem in position:
+            marks.append(Mark(position[path.stem], path))
+        elif path.stem.isdigit():
+            marks.append(Mark(int(path.stem), path))
+    if not marks:
+        raise MaskError(f"--masks {folder} holds no masks named by frame (00000.png, ...); add at least one")
+    return marks
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """All of a video's annotations with one set of dense object labels: ``annotations[frame]`` and the
+    ``MaskFormat`` that maps labels 1..K back to the user's ids (objects numbered by first appearance)."""
+
+    annotations: dict[int, Annotation]
+    format: MaskFormat
+    marks: tuple[Mark, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def first(self) -> int:
+        """The earliest annotated frame: propagation starts there, forwards and backwards."""
+        return min(self.annotations)
+
+    def first_seen(self, label: int) -> int:
+        """The frame where object ``label`` is first annotated."""
+        return min(t for t, a in self.annotations.items() if label in a.objects)
+
+
+def load_timeline(
+    marks: Sequence[Mark],
+    size: tuple[int, int],
+    frames: int | None = None,
+    *,
+    resize: bool = False,
+    kind: MaskKind = "auto",
+) -> Timeline:
+    """Read every annotation file and check it against the video (``size`` = (H, W), ``frames`` its exact frame
+    count if known). Raises ``MaskError`` naming the file and what to do; nothing is read half."""
+    if not marks:
+        raise MaskError("no annotation given; pass --mask FILE (the first frame's mask), --masks DIR or --scribble")
+    marks = sorted(marks, key=lambda m: m.frame)
+    for a, b in itertools.pairwise(marks):
+        if a.frame == b.frame:
+            raise MaskError(
+                f"two annotations for frame {a.frame} ({a.path} and {b.path}); give one file per frame "
+                "(merge the objects into one mask)"
+            )
+    if frames is not None and marks[-1].frame >= frames:
+        last = marks[-1]
+        raise MaskError(
+            f"{last.option}: frame {last.frame} is past the end of the video ({frames} frames, 0..{frames - 1}); "
+            "check the frame index"
+        )
+    raws = [read_raw(m.path, scribble=m.scribble, kind=kind) for m in marks]
+    notes = [note for raw in raws for note in raw.notes]
+    ids = _object_ids(raws)
+    for mark, raw, file_ids in zip(marks, raws, ids, strict=True):
+        if raw.colour:
+            named = ", ".join(f"{file_ids[key]} {_rgb(key)}" for key in sorted(raw.keys, key=file_ids.__getitem__))
+            notes.append(f"{mark.path.name}: {len(raw.keys)} colours mapped to object ids ({named})")
+    # dense labels: objects in order of their first annotated frame, then of their id
+    order: list[int] = []
+    for file_ids in ids:
+        order.extend(sorted(i for i in set(file_ids.values()) if i not in order))
+    label_of = {object_id: label for label, object_id in enumerate(order, start=1)}
+    if len(order) > MAX_OBJECTS:
+        raise MaskError(f"the annotations name {len(order)} objects; vosrr takes at most {MAX_OBJECTS}")
+    annotations: dict[int, Annotation] = {}
+    for mark, raw, file_ids in zip(marks, raws, ids, strict=True):
+        labels = np.zeros(raw.values.shape, np.uint8)
+        for key, object_id in file_ids.items():
+            labels[raw.values == key] = label_of[object_id]
+        known = raw.known
+        if labels.shape != size:
+            labels, known = _fit(mark, labels, known, size, resize, notes)
+        annotations[mark.frame] = Annotation(labels, known, mark.scribble)
+    first = annotations[marks[0].frame]
+    if not first.objects:
+        raise MaskError(f"{marks[0].option} marks no object; the first annotation must mark the objects to track")
+    if not first.has_background:
+        what = "a background stroke (opaque black, or value 0)" if first.scribble else "some background (0)"
+        raise MaskError(f"{marks[0].option} marks no background; add {what} so that objects can be told apart")
+    return Timeline(annotations, _format(raws, ids, order), tuple(marks), tuple(notes))
+
+
+def _object_ids(raws: Sequence[RawMask]) -> list[dict[int, int]]:
+    """Per file, ``{key: object id}``: grey and palette values are ids; colours get their DAVIS palette index when
+    every colour of every file is a DAVIS colour, else the next free ids in order of first appearance."""
+    taken = {key for raw in raws if not raw.colour for key in raw.keys}
+    colours = list(dict.fromkeys(key for raw in raws if raw.colour for key in raw.keys))
+    davis = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(davis_palette())}
+    if all(colour in davis for colour in colours):
+        assigned = {colour: davis[colour] for colour in colours}
+    else:
+        free = (i for i in itertools.count(1) if i not in taken)
+        assigned = {colour: next(free) for colour in colours}
+    return [{key: (assigned[key] if raw.colour else key) for key in raw.keys} for raw in raws]
+
+
+def _format(raws: Sequence[RawMask], ids: Sequence[dict[int, int]], order: Sequence[int]) -> MaskFormat:
+    """The output format: each object's id and colour (its colour in a colour file, else its palette's)."""
+    colour_of: dict[int, tuple[int, int, int]] = {}
+    for raw, file_ids in zip(raws, ids, strict=True):
+        for key, object_id in file_ids.items():
+            if object_id in colour_of:
+                continue
+            if raw.colour:
+                colour_of[object_id] = _rgb(key)
+            else:
+                colour_of[object_id] = format_for([key], False, raw.palette).palette[1]
+    return MaskFormat((0, *order), ((0, 0, 0), *(colour_of[i] for i in order)))
+
+
+def _rgb(value: int) -> tuple[int, int, int]:
+    return (value >> 16) & 255, (value >> 8) & 255, value & 255
+
+
+def _fit(
+    mark: Mark,
+    labels: np.ndarray,
+    known: np.ndarray | None,
+    size: tuple[int, int],
+    resize: bool,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """An annotation of another size: refused, or scaled (nearest neighbour) under ``--resize-mask``."""
+    height, width = size
+    what = "scribble" if mark.scribble else "mask"
+    if not resize:
+        fix = "pass --resize-mask to scale it (nearest neighbour)"
+        if labels.shape == (width, height):
+            fix = "it looks rotated: rotate it to the video's displayed orientation (--resize-mask would distort it)"
+        raise MaskError(
+            f"{what} {mark.path} is {labels.shape[1]}x{labels.shape[0]} but the video is {width}x{height}; {fix}"
+        )
+    had_objects = bool(labels.max())
+    labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    if known is not None:
+        known = cv2.resize(known.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    notes.append(f"{mark.path.name}: {what} resized to {width}x{height}")
+    if had_objects and not mark.scribble and labels.max() == 0:
+        raise MaskError(
+            f"mask {mark.path} has no object left after resizing to {width}x{height}; draw it at the video's size"
+        )
+    return labels, known

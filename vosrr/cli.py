@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from vosrr.annotations import Mark, marks_in, parse_mark
 from vosrr.checkpoint import (
     ACCURATE_WEIGHTS,
     DEFAULT_WEIGHTS,
@@ -33,10 +34,11 @@ from vosrr.checkpoint import (
 from vosrr.davis import DavisError
 from vosrr.davis import sequences as davis_sequences
 from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
+from vosrr.mask_reader import MASK_KINDS
 from vosrr.masks import OVERLAY_STYLES, MaskError
 from vosrr.pipeline import OutputError, Outputs, segment_video
-from vosrr.segmenter import SegmentConfig, Segmenter
-from vosrr.video import VideoError, VideoInfo
+from vosrr.segmenter import AnnotationError, SegmentConfig, Segmenter
+from vosrr.video import VideoError, VideoInfo, frame_files
 
 app = typer.Typer(
     add_completion=False,
@@ -65,6 +67,7 @@ class ExitCode(enum.IntEnum):
 _ERRORS: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (VideoError, ExitCode.INPUT),
     (MaskError, ExitCode.INPUT),
+    (AnnotationError, ExitCode.INPUT),
     (WeightsError, ExitCode.WEIGHTS),
     (OutputError, ExitCode.OUTPUT),
     (DavisError, ExitCode.DATASET),
@@ -252,12 +255,61 @@ def _segment_config(
         _fail(ExitCode.USAGE, str(error))
 
 
+def _marks(video: Path, masks: list[str], folder: Path | None, scribbles: list[str], kind: str) -> list[Mark]:
+    """The annotation files that ``--mask``, ``--masks`` and ``--scribble`` name (a bad option value exits 2)."""
+    if kind not in MASK_KINDS:
+        _fail(ExitCode.USAGE, f"--mask-kind {kind!r} is not one of {', '.join(MASK_KINDS)}")
+    if not (masks or folder or scribbles):
+        _fail(
+            ExitCode.USAGE,
+            "no annotation given; pass --mask FILE (the first frame's mask), --masks DIR or --scribble FILE",
+        )
+    try:
+        marks = [parse_mark(text) for text in masks] + [parse_mark(text, scribble=True) for text in scribbles]
+    except ValueError as error:
+        _fail(ExitCode.USAGE, str(error))
+    if folder is not None:
+        names = [p.stem for p in frame_files(video)] if video.is_dir() else None
+
+        def found() -> list[Mark]:
+            return marks_in(folder, names)
+
+        marks += _guard(False, found)
+    return marks
+
+
 @app.command()
 def segment(
     video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, avi) or a folder of frames.")],
     mask: Annotated[
-        Path, typer.Option("--mask", "-m", help="First-frame mask PNG (0/255, ids 1..K, palette or colours).")
-    ],
+        list[str] | None,
+        typer.Option(
+            "--mask",
+            "-m",
+            help="A mask PNG (0/255, ids 1..K, palette or colours; 255 beside small ids is void): FILE for frame 0, "
+            "or N:FILE for frame N. Repeat it for corrections and objects that enter later.",
+        ),
+    ] = None,
+    masks_dir: Annotated[
+        Path | None,
+        typer.Option("--masks", help="A folder of masks named by frame (00000.png, 00120.png: the DAVIS layout)."),
+    ] = None,
+    scribble: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scribble",
+            help="Strokes instead of a full mask, FILE or N:FILE (repeatable): an RGBA PNG drawn over the frame "
+            "(transparent = unknown, black = background, other colours = objects), or 0 / 1..K / 255 = unknown.",
+        ),
+    ] = None,
+    mask_kind: Annotated[
+        str,
+        typer.Option(
+            "--mask-kind",
+            help="How mask values are read: auto (decide, with a note), ids (every value an object), "
+            "binary (every non-zero pixel one object), soft (one object at half the maximum).",
+        ),
+    ] = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <video>_vosrr).")] = None,
     weights: Weights = None,
     device: Device = "auto",
@@ -276,7 +328,7 @@ def segment(
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
     ] = None,
-    masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write per-frame mask PNGs.")] = True,
+    masks: Annotated[bool, typer.Option("--masks-out/--no-masks", help="Write per-frame mask PNGs.")] = True,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     overlay_style: Annotated[
         str, typer.Option("--overlay-style", help="How the overlay draws objects: fill (tinted) or contour (outlines).")
@@ -297,7 +349,8 @@ def segment(
     ] = False,
     debug: Debug = False,
 ) -> None:
-    """Segment the objects of the first-frame MASK in every frame of VIDEO."""
+    """Segment the annotated objects (masks or scribbles, at any frames) in every frame of VIDEO."""
+    marks = _marks(video, mask or [], masks_dir, scribble or [], mask_kind)
     weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(
         lam=lam,
@@ -349,7 +402,15 @@ def segment(
                 progress.update(task, completed=index + 1, fps=(index + 1) / elapsed)
 
             summary = segment_video(
-                load, video, mask, outputs, resize_mask=resize_mask, fps=fps, on_start=started, on_frame=advanced
+                load,
+                video,
+                marks,
+                outputs,
+                resize_mask=resize_mask,
+                mask_kind=mask_kind,  # type: ignore[arg-type]  (checked by _marks)
+                fps=fps,
+                on_start=started,
+                on_frame=advanced,
             )
         if summary.frames == 0:  # interrupted in the first frame: the output folder was not kept
             _fail(ExitCode.INTERRUPTED, "interrupted before the first frame; nothing was written")

@@ -168,7 +168,8 @@ class Segmenter:
                 predicted = self.labels(grown, self.scores(grown, X), frame)
                 out = np.where(annotation.known, annotation.labels, predicted).astype(np.uint8)
             previous = decide.grid_labels(out, work, num_classes, self.device)
-        return replace(grown, frames_seen=state.frames_seen + 1, previous=previous), out
+            fit = _fit(self.scores(grown, X).argmax(0), previous, num_classes)
+        return replace(grown, frames_seen=state.frames_seen + 1, previous=previous, fit=fit), out
 
     def _complete(
         self,
@@ -307,6 +308,16 @@ class Segmenter:
             else:
                 state, out = self.add_annotation(state, frame, annotation, X=X)
             yield Tracked(index, frame, out, state)
+
+
+def _fit(predicted: Tensor, annotated: Tensor, num_classes: int) -> float | None:
+    """Mean IoU over the objects present in ``annotated[h,w]`` of ``predicted[h,w]`` (None: no object present)."""
+    ious = []
+    for k in range(1, num_classes):
+        truth, guess = annotated == k, predicted == k
+        if truth.any():
+            ious.append(float((truth & guess).sum() / (truth | guess).sum()))
+    return sum(ious) / len(ious) if ious else None
 
 
 def _frame_of(item: tuple[int, np.ndarray]) -> np.ndarray:

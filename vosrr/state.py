@@ -114,6 +114,9 @@ class VideoState:
     frames_seen: int = 0
     previous: Tensor | None = None
     """labels of the last frame on the feature grid ``[h, w]`` (for the window)"""
+    fit: float | None = None
+    """how well the solve reproduces the last annotation on its own frame (mean IoU of its objects on the feature
+    grid); low values mean the frame cannot tell the objects from the background (a black frame, say)"""
 
     @property
     def num_objects(self) -> int:

@@ -29,6 +29,7 @@ __all__ = [
     "OverlayWriter",
     "VideoError",
     "VideoInfo",
+    "frame_files",
     "open_video",
     "prefetch",
 ]
@@ -58,7 +59,8 @@ class VideoInfo:
     frames: int | None
 
 
-def _frame_files(folder: Path) -> list[Path]:
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images of a folder, sorted by name (hidden files skipped)."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
 
 
@@ -99,7 +101,7 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
     if not path.exists():
         raise VideoError(f"video not found: {path}; check the path")
     if path.is_dir():
-        files = _frame_files(path)
+        files = frame_files(path)
         if not files:
             raise VideoError(f"folder {path} holds no frames ({', '.join(FRAME_SUFFIXES)}); {_WHAT_TO_GIVE}")
         first = _read_image(files[0])
