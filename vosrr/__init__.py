@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 #: each public name and the module that defines it
 _HOMES = {
     "Annotation": "vosrr.annotations",
+    "Mark": "vosrr.annotations",
     "MaskFormat": "vosrr.masks",
     "Outputs": "vosrr.pipeline",
     "SegmentConfig": "vosrr.state",
@@ -29,6 +30,7 @@ _HOMES = {
 
 __all__ = [
     "Annotation",
+    "Mark",
     "MaskFormat",
     "Outputs",
     "SegmentConfig",
@@ -55,7 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
-    from vosrr.annotations import Annotation
+    from vosrr.annotations import Annotation, Mark
     from vosrr.api import load
     from vosrr.mask_reader import read_mask
     from vosrr.masks import MaskFormat, write_mask
