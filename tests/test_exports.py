@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import make_sample
+from conftest import make_sample, write_palette_mask, write_video
 from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
@@ -209,3 +209,27 @@ def test_bad_export_options_are_usage_errors(clip, tmp_path: Path, option: list[
     assert result.exit_code == ExitCode.USAGE, result.output
     assert message in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_exports_come_in_frame_order_when_the_annotation_is_at_a_later_frame(tmp_path: Path) -> None:
+    images, labels = make_sample.make_clip(6, 120, 216, 1, 2)
+    video = write_video(tmp_path / "clip.mp4", images)
+    mask = write_palette_mask(tmp_path / "frame3.png", labels[3])
+    out = tmp_path / "out"
+    args = ["segment", str(video), "--mask", f"3:{mask}", "--out", str(out), "--device", "cpu", "--no-overlay"]
+    result = runner.invoke(app, [*args, "--export", "objects,alpha,coco"])
+    assert result.exit_code == 0, result.output
+    masks = [np.asarray(Image.open(p)) for p in sorted((out / "masks").iterdir())]
+    alpha = _decode_rgba(out / ALPHA_VIDEO, 216, 120)[..., 3]  # a video: only frames in order come out right
+    assert len(alpha) == 6
+    for plane, frame_labels in zip(alpha, masks, strict=True):
+        assert np.abs(plane.astype(int) - np.where(frame_labels > 0, 255, 0)).max() <= 2
+    objects = [np.asarray(Image.open(p)) for p in sorted((out / "objects" / "1").iterdir())]
+    assert len(masks) == len(objects) == 6
+    for binary, frame_labels in zip(objects, masks, strict=True):  # frames 0-2 came backwards, yet in place
+        np.testing.assert_array_equal(binary > 0, frame_labels == 1)
+    np.testing.assert_array_equal(objects[3] > 0, labels[3] == 1)  # the annotated frame is the given mask
+    coco = COCO(str(out / COCO_JSON))
+    assert [coco.imgs[i + 1]["frame_index"] for i in range(6)] == list(range(6))
+    for annotation in coco.dataset["annotations"]:
+        np.testing.assert_array_equal(coco.annToMask(annotation), masks[annotation["image_id"] - 1] == 1)
