@@ -56,6 +56,14 @@ def test_load_plus_segment_video_gives_the_clis_masks_byte_for_byte(tmp_path: Pa
     assert fmt.ids == (0, 1, 2) and labels.max() == 2
 
 
+def test_load_accurate_is_the_clis_accurate() -> None:
+    segmenter = vosrr.load(device="cpu", accurate=True)
+    assert segmenter.config.flip and segmenter.blocks == 2  # the ensemble's two networks, one block each
+    assert not vosrr.load(device="cpu", accurate=True, config=vosrr.SegmentConfig()).config.flip
+    with pytest.raises(ValueError, match="pass weights or accurate, not both"):
+        vosrr.load("weights/vosrr_mnv2.pt", accurate=True)
+
+
 def test_load_refuses_an_absent_device() -> None:
     import torch
 

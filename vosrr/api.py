@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from vosrr.checkpoint import load_model
+from vosrr.checkpoint import ACCURATE_WEIGHTS, load_model
 from vosrr.segmenter import Segmenter
 from vosrr.state import SegmentConfig
 
@@ -29,11 +29,23 @@ def resolve_device(device: torch.device | str = "auto") -> torch.device:
 
 
 def load(
-    weights: Path | str | None = None, device: torch.device | str = "auto", config: SegmentConfig | None = None
+    weights: Path | str | None = None,
+    device: torch.device | str = "auto",
+    config: SegmentConfig | None = None,
+    *,
+    accurate: bool = False,
 ) -> Segmenter:
-    """A ``Segmenter`` ready to use: ``weights`` (default: the shipped ``weights/vosrr_mnv2.pt``; the ensemble
-    behind ``--accurate`` is ``vosrr.checkpoint.ACCURATE_WEIGHTS``) on ``device`` with ``config`` (default:
-    ``SegmentConfig()``, the CLI's defaults). Raises ``WeightsError`` for a missing or unusable checkpoint."""
+    """A ``Segmenter`` ready to use, as ``vosrr segment`` builds it.
+
+    ``weights``: a checkpoint (default: the shipped ``weights/vosrr_mnv2.pt``); ``accurate=True`` is the CLI's
+    ``--accurate``: the shipped ensemble with mirrored frames (``SegmentConfig(flip=True)`` unless ``config``
+    says otherwise). ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:N"``. ``config``: the
+    options (default: ``SegmentConfig()``, the CLI's defaults). Raises ``WeightsError`` for a missing or
+    unusable checkpoint and ``ValueError`` for an absent device or ``weights`` together with ``accurate``.
+    """
+    if accurate and weights is not None:
+        raise ValueError("accurate=True chooses the shipped ensemble; pass weights or accurate, not both")
     chosen = resolve_device(device)
-    model, _ = load_model(Path(weights) if weights is not None else None, chosen)
-    return Segmenter(model, config or SegmentConfig(), chosen)
+    path = ACCURATE_WEIGHTS if accurate else Path(weights) if weights is not None else None
+    model, _ = load_model(path, chosen)
+    return Segmenter(model, config or SegmentConfig(flip=accurate), chosen)
