@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,16 @@ def test_every_public_name_resolves_to_its_home() -> None:
     assert callable(load) and annotations.Annotation is vosrr.Annotation
     with pytest.raises(AttributeError, match="module 'vosrr' has no attribute 'nothing'"):
         _ = vosrr.nothing
+
+
+def test_the_readme_python_section_uses_only_the_public_names() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### From Python") :]
+    code = section[section.index("```python") : section.index("```", section.index("```python") + 3)]
+    assert "import vosrr" in code and "from vosrr." not in code and "import vosrr." not in code
+    used = set(re.findall(r"\bvosrr\.(\w+)", code))
+    assert used and used <= set(vosrr.__all__), used - set(vosrr.__all__)
+    compile(code.removeprefix("```python"), "README.md", "exec")  # at least valid Python
 
 
 def test_load_plus_segment_video_gives_the_clis_masks_byte_for_byte(tmp_path: Path) -> None:
