@@ -433,6 +433,46 @@ def segment(
 
 
 @app.command()
+def annotate(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, avi) or a folder of frames.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: <video>_vosrr); reopening it resumes.")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port on 127.0.0.1 (0: a free one).")] = 0,
+    open_page: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in a browser.")] = True,
+    weights: Weights = None,
+    accurate: Accurate = False,
+    device: Device = "auto",
+    max_side: MaxSide = None,
+    force: Annotated[bool, typer.Option("--force", help="Use a non-empty output folder (see segment).")] = False,
+    debug: Debug = False,
+) -> None:
+    """Serve a local page to mark objects with brush strokes, propagate, correct and export (as `segment` writes)."""
+    from vosrr.annotate.run import PortError
+    from vosrr.annotate.run import annotate as serve_page
+
+    weights, flip = _model_choice(weights, accurate, None)
+    config = _segment_config(None, 1, _DEFAULT.online, _DEFAULT.window, _DEFAULT.refine, True, max_side, flip=flip)
+    options = (["--accurate"] if accurate else ["--weights", str(weights)] if weights else []) + (
+        ["--max-side", str(max_side)] if max_side else []
+    )
+    base = video.resolve() if video.name in ("", "..") else video
+    dev = pick_device(device)
+
+    def load() -> Segmenter:
+        return Segmenter(load_model(weights, dev)[0], config, dev)
+
+    def job() -> None:
+        try:
+            serve_page(video, out or base.with_name(f"{base.stem}_vosrr"), load, port=port, open_page=open_page,
+                       force=force, segment_options=options, say=_say)  # fmt: skip
+        except PortError as error:
+            _fail(ExitCode.USAGE, str(error))
+
+    _guard(debug, job)
+
+
+@app.command()
 def train(
     davis: Annotated[Path, typer.Option("--davis", help="DAVIS 2016 root (JPEGImages, Annotations, ImageSets).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: last.pt, best.pt, log.")] = Path("runs/train"),

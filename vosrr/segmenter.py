@@ -161,8 +161,11 @@ class Segmenter:
                 out = self._complete(frame, X, X_mirror, annotation, num_classes, work, earlier)
                 annotation = Annotation(out)
             reference = earlier + self._annotation_stats(X, X_mirror, annotation, num_classes, work)
-            W = solver.solve(reference, self.lam)
-            grown = replace(state, num_classes=num_classes, reference=reference, memory=None, W=W)
+            memory = None
+            if state.memory is not None and self.config.kept_memory > 0:
+                memory = widen(state.memory, num_classes).scale(self.config.kept_memory)
+            W = solver.solve(reference if memory is None else reference + memory, self.lam)
+            grown = replace(state, num_classes=num_classes, reference=reference, memory=memory, W=W)
             out = annotation.labels
             if annotation.known is not None and not annotation.known.all():  # void pixels: the new solve decides
                 predicted = self.labels(grown, self.scores(grown, X), frame)
@@ -211,7 +214,7 @@ class Segmenter:
 
     def window(self, P: Tensor, previous: Tensor) -> Tensor:
         """``P[K+1,h,w]`` with each object kept near its previous position (``decide.window``)."""
-        return decide.window(P, previous, self.config.window)
+        return decide.window(P, previous, self.config.window, self.config.reappear)
 
     def labels(self, state: VideoState, P: Tensor, frame: np.ndarray | None = None) -> np.ndarray:
         """``P[K+1,h,w] -> labels[H,W] uint8`` at the video's size (``decide.labels``)."""

@@ -58,6 +58,10 @@ class SegmentConfig:
     earlier: float = 1.0
     """weight kept by the statistics of earlier annotations when a new one (a correction) arrives (1: all count
     alike; below 1 the newest annotation counts more)"""
+    kept_memory: float = 0.0
+    """share of the online memory an annotated frame keeps (0: a correction takes over from it entirely)"""
+    reappear: float = 0.0
+    """extra score an object absent from the last frame needs to be found again (0: as any other pixel)"""
     scribble_rounds: int = 3
     """rounds of solve, predict and add-the-confident-cells that infer a frame's full mask from scribbles"""
     chunk: int | None = None
@@ -90,6 +94,10 @@ class SegmentConfig:
             raise ValueError(f"min_part must be in [0, 1], got {self.min_part}")
         if not 0.25 <= self.scale <= 4:
             raise ValueError(f"scale must be in [0.25, 4], got {self.scale}")
+        if not 0 <= self.kept_memory <= 1:
+            raise ValueError(f"kept_memory must be in [0, 1], got {self.kept_memory}")
+        if not 0 <= self.reappear <= 10:
+            raise ValueError(f"reappear must be between 0 and 10, got {self.reappear}")
         if not 0 <= self.earlier <= 1:
             raise ValueError(f"earlier must be in [0, 1], got {self.earlier}")
         if not 0 <= self.scribble_rounds <= 20:
