@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py                      # 50 and 500 frames at 854x480, the shipped weights
     python benchmarks/memory.py --weights w.pt --short 50 --long 500 --device cpu --out runs/memory.json
+    python benchmarks/memory.py --export objects,cutout,alpha,coco   # with every export as well
 
 Both videos are generated (``samples/make_sample.py``'s ``make_clip``; the long one plays the short one
 forwards and backwards) into a temporary folder. Each run is a fresh ``vosrr segment`` subprocess writing
@@ -131,8 +132,10 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=854)
     parser.add_argument("--folder", type=Path, default=None, help="where the videos go (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    parser.add_argument("--export", default="", help="passed to vosrr segment --export (e.g. objects,coco)")
     args = parser.parse_args()
     extra = ["--device", args.device] + (["--weights", str(args.weights)] if args.weights else [])
+    extra += ["--export", args.export] if args.export else []
     with tempfile.TemporaryDirectory(prefix="vosrr-memory-") as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)

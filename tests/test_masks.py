@@ -14,7 +14,16 @@ from PIL import Image
 
 from vosrr import masks
 from vosrr.mask_reader import read_mask
-from vosrr.masks import MAX_OBJECTS, MaskError, davis_palette, drop_small_parts, targets, write_mask
+from vosrr.masks import (
+    MAX_OBJECTS,
+    MaskError,
+    contour_width,
+    davis_palette,
+    drop_small_parts,
+    overlay,
+    targets,
+    write_mask,
+)
 
 
 def blocks(shape: tuple[int, int] = (48, 64)) -> np.ndarray:
@@ -463,3 +472,46 @@ def test_palette_scribble_convention(tmp_path: Path) -> None:
     with pytest.raises(MaskError, match="marks no pixel"):
         save_palette(tmp_path / "blank.png", np.full((8, 8), 255, np.uint8))
         read_raw(tmp_path / "blank.png", scribble=True)
+
+
+def _two_objects(height: int = 120, width: int = 200) -> np.ndarray:
+    labels = np.zeros((height, width), dtype=np.uint8)
+    cv2.circle(labels, (60, 60), 35, 1, -1)
+    labels[30:90, 95:170] = 2  # touches object 1: a boundary between two objects too
+    labels[0:20, 180:200] = 1  # a part at the frame's corner: no outline along the frame's edge
+    return labels
+
+
+def test_contour_overlay_draws_only_boundaries() -> None:
+    labels = _two_objects()
+    frame = np.random.default_rng(0).integers(0, 256, (*labels.shape, 3), dtype=np.uint8)
+    colours = np.asarray(davis_palette(3), dtype=np.uint8)
+    out = overlay(frame, labels, colours, style="contour")
+    changed = np.any(out != frame, axis=-1)
+    width = contour_width(*labels.shape)
+    assert width == 1  # 120 px high
+    # a boundary pixel: an object pixel with another label among its 8 neighbours (width 1), frame edge excluded
+    padded = np.pad(labels, 1, mode="edge")
+    neighbours = [
+        padded[1 + dy : 1 + dy + labels.shape[0], 1 + dx : 1 + dx + labels.shape[1]]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    ]
+    boundary = (labels > 0) & np.any([n != labels for n in neighbours], axis=0)
+    np.testing.assert_array_equal(changed, boundary)  # interiors and background are the frame as it was
+    assert (out[boundary] == np.array([[255, 0, 0], [0, 255, 0]])[labels[boundary] - 1]).all()  # bright colours
+    assert not changed[0, 181:].any() and not changed[:19, -1].any()  # no line along the frame's edge
+
+
+def test_contour_width_grows_with_the_frame_and_fill_stays_as_it_was() -> None:
+    assert [contour_width(h, w) for h, w in ((120, 200), (480, 854), (1080, 1920))] == [1, 3, 7]
+    labels = _two_objects(480, 854)
+    frame = np.full((*labels.shape, 3), 100, dtype=np.uint8)
+    colours = np.asarray(davis_palette(3), dtype=np.uint8)
+    contour = overlay(frame, labels, colours, style="contour")
+    inner = cv2.erode((labels == 1).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)  # 3 px inside
+    assert not np.any(contour[inner] != 100)
+    fill = overlay(frame, labels, colours)
+    np.testing.assert_array_equal(fill[labels == 1], np.array([[114, 50, 50]] * int((labels == 1).sum())))
+    with pytest.raises(ValueError, match="unknown overlay style 'dots'; choose from fill, contour"):
+        overlay(frame, labels, colours, style="dots")

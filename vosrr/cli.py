@@ -33,8 +33,9 @@ from vosrr.checkpoint import (
 )
 from vosrr.davis import DavisError
 from vosrr.davis import sequences as davis_sequences
+from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
 from vosrr.mask_reader import MASK_KINDS
-from vosrr.masks import MaskError
+from vosrr.masks import OVERLAY_STYLES, MaskError
 from vosrr.pipeline import OutputError, Outputs, segment_video
 from vosrr.segmenter import AnnotationError, SegmentConfig, Segmenter
 from vosrr.video import VideoError, VideoInfo, frame_files
@@ -329,6 +330,17 @@ def segment(
     ] = None,
     masks: Annotated[bool, typer.Option("--masks-out/--no-masks", help="Write per-frame mask PNGs.")] = True,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
+    overlay_style: Annotated[
+        str, typer.Option("--overlay-style", help="How the overlay draws objects: fill (tinted) or contour (outlines).")
+    ] = "fill",
+    export: Annotated[
+        str,
+        typer.Option(
+            "--export",
+            help=f"Also write, comma-separated: {', '.join(EXPORT_KINDS)} (objects/<id>/, cutout/ RGBA PNGs, "
+            f"{ALPHA_VIDEO} ProRes 4444 with alpha, {COCO_JSON} COCO RLE).",
+        ),
+    ] = "",
     resize_mask: Annotated[
         bool, typer.Option("--resize-mask", help="Scale a mask of another size to the video's (nearest neighbour).")
     ] = False,
@@ -355,7 +367,13 @@ def segment(
     )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
-    outputs = Outputs(target, masks=masks, overlay=overlay, force=force)
+    if overlay_style not in OVERLAY_STYLES:
+        _fail(ExitCode.USAGE, f"unknown --overlay-style {overlay_style!r}; use {' or '.join(OVERLAY_STYLES)}")
+    try:
+        exports = parse_exports(export)
+    except ValueError as error:
+        _fail(ExitCode.USAGE, f"--export: {error}")
+    outputs = Outputs(target, masks=masks, overlay=overlay, force=force, exports=exports, overlay_style=overlay_style)
     dev = pick_device(device)
 
     def load() -> Segmenter:  # called by segment_video once the video and the mask are known to be good
@@ -399,6 +417,7 @@ def segment(
         for note in summary.notes:
             _say(note, "[yellow]note:[/]")
         parts = ([f"{outputs.mask_dir}/"] if masks else []) + ([str(outputs.overlay_path)] if overlay else [])
+        parts += export_paths(outputs.folder, exports)
         written = ", ".join(parts) or "nothing written (--no-masks --no-overlay)"
         rate = 1 / max(summary.seconds_per_frame, 1e-9)
         _say(

@@ -23,8 +23,10 @@ from torch import Tensor
 
 __all__ = [
     "MAX_OBJECTS",
+    "OVERLAY_STYLES",
     "MaskError",
     "MaskFormat",
+    "contour_width",
     "davis_palette",
     "drop_small_parts",
     "overlay",
@@ -108,13 +110,40 @@ def atomic_save(path: Path, image: Image.Image) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``overlay(frame[H,W,3] uint8, labels[H,W], colours[K+1,3] uint8) -> frame[H,W,3]`` with objects tinted."""
-    fg = labels > 0
+#: how ``overlay`` draws the objects: tinted areas, or their outlines only
+OVERLAY_STYLES = ("fill", "contour")
+
+
+def overlay(
+    frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5, style: str = "fill"
+) -> np.ndarray:
+    """``overlay(frame[H,W,3] uint8, labels[H,W], colours[K+1,3] uint8) -> frame[H,W,3]`` with the objects drawn.
+
+    ``fill`` tints each object's pixels (``alpha`` of its colour); ``contour`` paints only the boundary pixels,
+    those of an object with another label (or the background) within ``contour_width(H, W)`` pixels, in
+    the object's colour brightened to full strength (DAVIS's dark red reads badly as a thin line). Everything
+    else is the frame as it was.
+    """
+    if style not in OVERLAY_STYLES:
+        raise ValueError(f"unknown overlay style {style!r}; choose from {', '.join(OVERLAY_STYLES)}")
     out = frame.copy()
+    if style == "contour":
+        width = contour_width(*labels.shape)
+        kernel = np.ones((2 * width + 1, 2 * width + 1), dtype=np.uint8)
+        edge = (labels > 0) & (cv2.dilate(labels, kernel) != cv2.erode(labels, kernel))
+        strength = np.maximum(colours.max(axis=1, keepdims=True), 1).astype(np.float32)
+        bright = np.round(colours.astype(np.float32) * (255 / strength)).astype(np.uint8)
+        out[edge] = bright[labels[edge]]
+        return out
+    fg = labels > 0
     tint = colours[labels[fg]].astype(np.float32)
     out[fg] = (frame[fg].astype(np.float32) * (1 - alpha) + tint * alpha).astype(np.uint8)
     return out
+
+
+def contour_width(height: int, width: int) -> int:
+    """Outline thickness in pixels for ``overlay(style="contour")``: 3 at 480p, growing with the frame."""
+    return max(1, round(min(height, width) / 160))
 
 
 def drop_small_parts(labels: np.ndarray, fraction: float) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from vosrr.annotations import Mark, Timeline, load_timeline
+from vosrr.exports import Exports, open_exports
 from vosrr.mask_reader import MaskKind
 from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mask
 from vosrr.propagate import Store, segment_frames
@@ -42,6 +43,8 @@ class Outputs:
     overlay: bool = True
     force: bool = False
     mask_subdir: str = "masks"
+    exports: tuple[str, ...] = ()  # kinds of vosrr.exports.EXPORT_KINDS
+    overlay_style: str = "fill"  # one of vosrr.masks.OVERLAY_STYLES
 
     @property
     def mask_dir(self) -> Path:
@@ -211,12 +214,18 @@ def _run(
     tic = time.perf_counter()
     pending: deque[Future[None]] = deque()
     last = -1
-    with ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool, _maybe_writer(outputs, info) as writer:
+    sinks: Exports = Exports()
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool,
+        _maybe_writer(outputs, info) as writer,
+        contextlib.ExitStack() as later,
+    ):
         try:
             for t in segment_frames(segmenter, frames, timeline.annotations, store=store):
-                if last < 0:
+                if last < 0:  # the first finished frame: the output folder, then the exports' files, appear
                     _check_reference(t.state, timeline, summary)
                     ready()
+                    sinks = later.enter_context(open_exports(outputs.exports, outputs.folder, info, fmt))
                     if on_start:
                         on_start(info, fmt.num_objects)
                 if outputs.masks:
@@ -224,11 +233,15 @@ def _run(
                     while len(pending) > 8 or (pending and pending[0].done()):
                         pending.popleft().result()
                 if writer is not None:
-                    writer.write(lambda frame=t.frame, out=t.labels: overlay(frame, out, colours))
+                    style = outputs.overlay_style
+                    writer.write(lambda frame=t.frame, out=t.labels: overlay(frame, out, colours, style=style))
+                for sink in sinks:  # frames come in order, 0 to the last
+                    sink.write(t.index, t.frame, t.labels)
                 last = t.index
                 summary.frames += 1
                 if on_frame:
                     on_frame(t.index)
+            sinks.complete = True  # the others close as interrupted or failed: they keep what is finished
         except AnnotationError as error:  # the video ended before the first annotated frame
             mark = timeline.marks[0]
             raise MaskError(f"{mark.option}: {error}; check the frame index") from error
