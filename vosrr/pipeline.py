@@ -233,8 +233,11 @@ def _run(
                     while len(pending) > 8 or (pending and pending[0].done()):
                         pending.popleft().result()
                 if writer is not None:
-                    style = outputs.overlay_style
-                    writer.write(lambda frame=t.frame, out=t.labels: overlay(frame, out, colours, style=style))
+                    writer.write(
+                        lambda frame=t.frame, out=t.labels, style=outputs.overlay_style: overlay(
+                            frame, out, colours, style=style
+                        )
+                    )
                 for sink in sinks:  # frames come in order, 0 to the last
                     sink.write(t.index, t.frame, t.labels)
                 last = t.index
