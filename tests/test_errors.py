@@ -505,16 +505,16 @@ def test_disk_full_mid_run(segment, clip, tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_keeps_complete_frames(segment, clip, tmp_path: Path, monkeypatch) -> None:
     video, mask, _ = clip
-    advance = Segmenter.advance
+    advance = Segmenter.advance_scores  # the frame loop's step after the network
     calls = []
 
-    def interrupted_advance(self, state, frame, X, **options):
+    def interrupted_advance(self, state, X, **options):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return advance(self, state, frame, X, **options)
+        return advance(self, state, X, **options)
 
-    monkeypatch.setattr(Segmenter, "advance", interrupted_advance)
+    monkeypatch.setattr(Segmenter, "advance_scores", interrupted_advance)
     out = tmp_path / "out"
     fails(segment(video, "-m", mask, "-o", out), ExitCode.INTERRUPTED, "interrupted after 3 frames", str(out))
     pngs = sorted((out / "masks").iterdir())

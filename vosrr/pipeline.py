@@ -89,6 +89,7 @@ def prepare_output(outputs: Outputs, create: bool = True) -> list[Path]:
     if outputs.overlay and outputs.overlay_path.is_dir():
         raise OutputError(f"{outputs.overlay_path} is a folder; move it away or {other}")
     if not create:
+        _check_creatable(folder, other)
         return []
     wanted = [*reversed(folder.parents), folder, *([outputs.mask_dir] if outputs.masks else [])]
     created = [p for p in dict.fromkeys(wanted) if not p.exists()]
@@ -102,6 +103,17 @@ def prepare_output(outputs: Outputs, create: bool = True) -> list[Path]:
         _remove_empty(created)
         raise OutputError(f"cannot write to {folder}: {error.strerror or error}; {other}") from error
     return created
+
+
+def _check_creatable(folder: Path, other: str) -> None:
+    """Refuse a folder that could not be made: a file among its parents, or a parent that is not writable."""
+    parent = folder if folder.exists() else next((p for p in folder.parents if p.exists()), None)
+    if parent is None:
+        return
+    if not parent.is_dir():
+        raise OutputError(f"cannot write to {folder}: {parent} is a file, not a folder; {other}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {folder}: {parent} is not writable; {other}")
 
 
 def _remove_empty(folders: list[Path]) -> None:
