@@ -47,7 +47,7 @@ def page_on_clip(tmp_path: Path, shipped_model):
     images, truth = make_sample.make_clip(FRAMES, 240, 432, 2, 0)
     video = write_video(tmp_path / "clip.mp4", images)
     out = tmp_path / "clip_vosrr"
-    session = Session(Segmenter(shipped_model, SegmentConfig()), FrameSource(video), out)
+    session = Session(Segmenter(shipped_model, SegmentConfig(between="forward")), FrameSource(video), out)
     with served(session) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # a fresh profile of its own
         try:

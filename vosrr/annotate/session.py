@@ -80,6 +80,11 @@ class Session:
         segment_options: Iterable[str] = (),
         notify: Callable[[Event], None] | None = None,
     ) -> None:
+        if segmenter.config.between != "forward":  # the page re-propagates a correction forwards only
+            raise ValueError(
+                "the annotation page propagates corrections forwards; give it a Segmenter built with "
+                "SegmentConfig(between='forward'), so that its export (vosrr segment --between forward) agrees"
+            )
         self.source = source
         self.out = Path(out)
         self.strokes_dir = self.out / "strokes"
