@@ -51,9 +51,17 @@ def _shape(kind: str, size: int) -> np.ndarray:
 
 
 def make_clip(
-    frames: int = 48, height: int = 480, width: int = 854, objects: int = 2, seed: int = 0
+    frames: int = 48,
+    height: int = 480,
+    width: int = 854,
+    objects: int = 2,
+    seed: int = 0,
+    enter: tuple[int, ...] = (),
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Frames ``[H,W,3]`` uint8 RGB and label maps ``[H,W]`` uint8 (0 background, 1..objects)."""
+    """Frames ``[H,W,3]`` uint8 RGB and label maps ``[H,W]`` uint8 (0 background, 1..objects).
+
+    ``enter[i]`` is the frame where object ``i + 1`` first appears (objects not listed are there from frame 0);
+    the clip is otherwise the same."""
     rng = np.random.default_rng(seed)
     pan = 2 * frames
     background = _texture(
@@ -86,12 +94,68 @@ def make_clip(
             cx = int((0.2 + 0.6 * (phase if i % 2 == 0 else 1 - phase)) * (width - size))
             cy = int((0.25 + 0.3 * np.sin(2 * np.pi * phase + 2 * i) + 0.2 * i) * (height - size))
             cy = int(np.clip(cy, 0, height - size))
+            if i < len(enter) and t < enter[i]:
+                continue
             region = frame[cy : cy + size, cx : cx + size]
             region[msk > 0] = tex[msk > 0]
             labels[cy : cy + size, cx : cx + size][msk > 0] = i + 1
         out_frames.append(frame)
         out_labels.append(labels)
     return out_frames, out_labels
+
+
+def strokes(labels: np.ndarray, band: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Scribbles a user might draw on a frame with labels ``labels[H,W]``: ``(strokes[H,W] uint8, known[H,W] bool)``.
+
+    A line through each object's middle, each way, inside it; a loop ``band`` pixels outside the objects and a
+    line across the frame as background strokes; a few percent of the pixels are known.
+    """
+    known = np.zeros(labels.shape, bool)
+    drawn = np.zeros(labels.shape, np.uint8)
+    for k in np.unique(labels):
+        if k == 0:
+            continue
+        ys, xs = np.nonzero(labels == k)
+        row = int(np.median(ys))
+        cols = xs[ys == row]
+        line = np.zeros(labels.shape, np.uint8)
+        cv2.line(line, (int(cols.min()) + 4, row), (int(cols.max()) - 4, row), 1, 3)
+        column = int(np.median(xs))
+        rows = ys[xs == column]
+        cv2.line(line, (column, int(rows.min()) + 4), (column, int(rows.max()) - 4), 1, 3)
+        on = (line > 0) & (labels == k)
+        drawn[on], known[on] = k, True
+    near = cv2.dilate((labels > 0).astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8))
+    ring = cv2.morphologyEx(near, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    across = np.zeros(labels.shape, np.uint8)
+    cv2.line(across, (0, labels.shape[0] - 10), (labels.shape[1] - 1, 10), 1, 3)
+    background = ((ring | (across > 0)) & (near == 0)) | ring
+    known |= background & (labels == 0)
+    return drawn, known
+
+
+#: stroke colours of the sample's scribble file (the DAVIS palette's first two, so they read as ids 1 and 2)
+STROKE_COLOURS = {1: (128, 0, 0), 2: (0, 128, 0)}
+
+
+def write_annotations(folder: Path, frames: int = 48, later: int = 24) -> tuple[Path, Path]:
+    """Write ``clip_mask_24.png`` (the mask of frame ``later``) and ``clip_strokes.png`` (scribbles on frame 0,
+    an RGBA PNG: transparent = unknown, black = background, a colour per object) into ``folder``."""
+    from PIL import Image
+
+    from vosrr.masks import MaskFormat, write_mask
+
+    _, labels = make_clip(frames)
+    mask = folder / f"clip_mask_{later}.png"
+    write_mask(mask, labels[later], MaskFormat.dense(int(labels[later].max())))
+    drawn, known = strokes(labels[0])
+    rgba = np.zeros((*labels[0].shape, 4), np.uint8)
+    rgba[known] = (0, 0, 0, 255)
+    for k, colour in STROKE_COLOURS.items():
+        rgba[known & (drawn == k)] = (*colour, 255)
+    scribble = folder / "clip_strokes.png"
+    Image.fromarray(rgba, mode="RGBA").save(scribble, optimize=True)
+    return mask, scribble
 
 
 def write_sample(folder: Path, frames: int = 48, fps: float = 24.0) -> tuple[Path, Path]:
@@ -114,5 +178,5 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--frames", type=int, default=48)
     args = parser.parse_args()
-    for path in write_sample(args.out, args.frames):
+    for path in (*write_sample(args.out, args.frames), *write_annotations(args.out, args.frames)):
         print(path)

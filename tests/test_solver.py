@@ -118,3 +118,14 @@ def test_invalid_block_count_is_refused() -> None:
     X, Y, _ = _problem(c=48)
     with pytest.raises(ValueError, match="divisor"):
         solver.fit(X, Y, 5.0, blocks=5)
+
+
+def test_balance_cap_bounds_a_tiny_objects_weight() -> None:
+    Y = solver.one_hot(torch.tensor([0] * 998 + [1, 1]), 2)  # an object of two pixels
+    plain = solver.balanced_weights(Y)
+    capped = solver.balanced_weights(Y, cap=10.0)
+    assert plain[-1] / plain[0] > 300  # balanced: the two pixels weigh about as much as the 998 others
+    torch.testing.assert_close(capped[-1] / capped[0], torch.tensor(10.0))
+    torch.testing.assert_close(capped[:998], plain[:998])  # the background keeps its weight
+    big = solver.one_hot(torch.tensor([0] * 600 + [1] * 400), 2)
+    torch.testing.assert_close(solver.balanced_weights(big, cap=10.0), solver.balanced_weights(big))  # no effect

@@ -108,15 +108,23 @@ def pixel_targets(
 
 
 def grid_statistics(
-    X: Tensor, Y: Tensor, valid: Tensor, blocks: int, balance: bool = True, weight: float = 1.0, stride: int = 1
+    X: Tensor,
+    Y: Tensor,
+    valid: Tensor,
+    blocks: int,
+    balance: bool = True,
+    weight: float = 1.0,
+    stride: int = 1,
+    cap: float | None = None,
 ) -> Stats:
     """``X[N,C], Y[N,K+1], valid[N] -> Stats``: class-balanced (every class present weighs as much in total),
     times ``weight``. ``stride > 1`` sums only every stride-th cell of an ``[h, w]`` grid in each direction,
-    weighted ``stride^2`` (the balance is still computed over all cells); pass ``X`` as ``[h, w, C]`` then."""
+    weighted ``stride^2`` (the balance is still computed over all cells); pass ``X`` as ``[h, w, C]`` then.
+    ``cap`` bounds the balance (``solver.balanced_weights``)."""
     with torch.inference_mode():
         grid = X.shape[:-1] if X.dim() == 3 else None
         X, Y, valid = X.reshape(-1, X.shape[-1]), Y.reshape(-1, Y.shape[-1]), valid.reshape(-1)
-        w = solver.balanced_weights(Y, valid) if balance else valid
+        w = solver.balanced_weights(Y, valid, cap=cap) if balance else valid
         if stride > 1 and grid is not None:
             h, wd = grid
             X, Y, w = (t.view(h, wd, -1)[::stride, ::stride].reshape(-1, t.shape[-1]) for t in (X, Y, w[:, None]))

@@ -203,6 +203,14 @@ Flip = Annotated[
         show_default=False,
     ),
 ]
+BetweenOption = Annotated[
+    str,
+    typer.Option(
+        "--between",
+        help="Frames between two annotated frames: both (also segmented backwards from the later one, the two "
+        "blended by distance) or forward (from the earlier one only).",
+    ),
+]
 Accurate = Annotated[
     bool,
     typer.Option(
@@ -235,6 +243,7 @@ def _segment_config(
     flip: bool = _DEFAULT.flip,
     min_part: float = _DEFAULT.min_part,
     margin: float = _DEFAULT.margin,
+    between: str = _DEFAULT.between,
 ) -> SegmentConfig:
     """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
@@ -250,6 +259,7 @@ def _segment_config(
             flip=flip,
             min_part=min_part,
             margin=margin,
+            between=between,  # type: ignore[arg-type]  (checked by SegmentConfig)
         )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
@@ -320,6 +330,7 @@ def segment(
     refine: Refine = _DEFAULT.refine,
     margin: Margin = _DEFAULT.margin,
     min_part: MinPart = _DEFAULT.min_part,
+    between: BetweenOption = _DEFAULT.between,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
@@ -364,6 +375,7 @@ def segment(
         flip=flip,
         min_part=min_part,
         margin=margin,
+        between=between,
     )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
@@ -452,10 +464,14 @@ def annotate(
     from vosrr.annotate.run import annotate as serve_page
 
     weights, flip = _model_choice(weights, accurate, None)
-    config = _segment_config(None, 1, _DEFAULT.online, _DEFAULT.window, _DEFAULT.refine, True, max_side, flip=flip)
+    # the page re-propagates a correction forwards (the frames before it keep their masks), so its command does too
+    config = _segment_config(
+        None, 1, _DEFAULT.online, _DEFAULT.window, _DEFAULT.refine, True, max_side, flip=flip, between="forward"
+    )
     options = (["--accurate"] if accurate else ["--weights", str(weights)] if weights else []) + (
         ["--max-side", str(max_side)] if max_side else []
     )
+    options += ["--between", "forward"]
     base = video.resolve() if video.name in ("", "..") else video
     dev = pick_device(device)
 
@@ -571,6 +587,7 @@ def evaluate_cmd(
     refine: Refine = _DEFAULT.refine,
     margin: Margin = _DEFAULT.margin,
     min_part: MinPart = _DEFAULT.min_part,
+    between: BetweenOption = _DEFAULT.between,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
     max_side: MaxSide = None,
     scale: Scale = _DEFAULT.scale,
@@ -594,6 +611,7 @@ def evaluate_cmd(
         flip=flip,
         min_part=min_part,
         margin=margin,
+        between=between,
     )
     dev = pick_device(device)
 

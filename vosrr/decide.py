@@ -37,13 +37,13 @@ class Decision:
     min_part: float = 0.0
 
 
-def window(P: Tensor, previous: Tensor, factor: float, reappear: float = 0.0) -> Tensor:
+def window(P: Tensor, previous: Tensor, factor: float) -> Tensor:
     """``P[K+1,h,w]`` with each object's scores suppressed outside a window around its previous position.
 
     ``previous[h,w]`` holds the last frame's grid labels. The window is the previous grid mask dilated by
     ``factor`` times the object's size (square root of its area, at least 2 cells). A lost object (no cells)
-    gets no window but needs ``reappear`` more score to be found again, and an object of which the window keeps
-    less than a third of its previous area (it moved further than the window) keeps its unwindowed scores.
+    gets no window, and an object of which the window keeps less than a third of its previous area (it moved
+    further than the window) keeps its unwindowed scores.
     """
     out = P.clone()
     floor = P.min() - 1.0
@@ -52,8 +52,6 @@ def window(P: Tensor, previous: Tensor, factor: float, reappear: float = 0.0) ->
         region = (previous == k).float()
         area = float(region.sum())
         if area == 0:
-            if reappear:
-                out[k] = P[k] - reappear
             continue
         areas[k] = area
         radius = max(2, round(factor * area**0.5))

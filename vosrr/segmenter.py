@@ -67,6 +67,10 @@ class Segmenter:
             raise ValueError(f"blocks={self.config.blocks} must divide the network's C={per_network}")
 
     @property
+    def _cap(self) -> float | None:
+        return self.config.balance_cap or None
+
+    @property
     def lam(self) -> float | Tensor:
         return self.config.lam if self.config.lam is not None else self.model.lam.detach()
 
@@ -83,15 +87,21 @@ class Segmenter:
     ) -> Stats:
         """Stats of one annotated frame's features ``X[h*w,C]`` (every kind of input takes this path)."""
         Y, valid = pixel_targets(annotation.labels, annotation.known, num_classes, work, self.device)
-        return grid_statistics(X, Y, valid, self.blocks, self.config.balance, weight)
+        return grid_statistics(X, Y, valid, self.blocks, self.config.balance, weight, cap=self._cap)
 
     def _annotation_stats(
-        self, X: Tensor, X_mirror: Tensor | None, annotation: Annotation, num_classes: int, work: tuple[int, int]
+        self,
+        X: Tensor,
+        X_mirror: Tensor | None,
+        annotation: Annotation,
+        num_classes: int,
+        work: tuple[int, int],
+        weight: float = 1.0,
     ) -> Stats:
         """The annotation's statistics, plus those of its mirror image when ``X_mirror`` (its features) is given."""
-        stats = self.statistics(X, annotation, num_classes, work)
+        stats = self.statistics(X, annotation, num_classes, work, weight)
         if X_mirror is not None:
-            stats = stats + self.statistics(X_mirror, annotation.mirrored(), num_classes, work)
+            stats = stats + self.statistics(X_mirror, annotation.mirrored(), num_classes, work, weight)
         return stats
 
     def start(
@@ -124,7 +134,7 @@ class Segmenter:
         """Another annotated frame: a correction, more objects, scribbles. Its statistics join the solve.
 
         - A mask that names a known object is the frame's full truth: it takes over from the online memory
-          (dropped) and the window (restarted from it); earlier annotations keep weight ``config.earlier``.
+          (dropped) and the window (restarted from it); earlier annotations keep their statistics.
         - A mask that names only new objects (an object entering) adds them over the prediction.
         - New objects get a column of their own; they were absent from every earlier frame.
         Returns the new state and the frame's labels.
@@ -152,20 +162,18 @@ class Segmenter:
         """The solve with ``annotation`` added to ``state``'s earlier input; the memory and the window restart."""
         num_classes = max(state.num_classes, annotation.num_objects + 1)
         work = state.work_size
-        earlier = widen(state.reference, num_classes).scale(self.config.earlier)
+        earlier = widen(state.reference, num_classes)
         X_mirror = None
         if self.config.mirror_reference:  # the mirror image's statistics add (one more forward pass)
             X_mirror = self.features(np.ascontiguousarray(frame[:, ::-1]), work)
         with torch.inference_mode():
             if annotation.scribble:
-                out = self._complete(frame, X, X_mirror, annotation, num_classes, work, earlier)
+                correction = state.frames_seen > 0  # strokes over earlier input (else the video's first input)
+                out = self._complete(frame, X, X_mirror, annotation, num_classes, work, earlier, correction)
                 annotation = Annotation(out)
             reference = earlier + self._annotation_stats(X, X_mirror, annotation, num_classes, work)
-            memory = None
-            if state.memory is not None and self.config.kept_memory > 0:
-                memory = widen(state.memory, num_classes).scale(self.config.kept_memory)
-            W = solver.solve(reference if memory is None else reference + memory, self.lam)
-            grown = replace(state, num_classes=num_classes, reference=reference, memory=memory, W=W)
+            W = solver.solve(reference, self.lam)
+            grown = replace(state, num_classes=num_classes, reference=reference, memory=None, W=W)
             out = annotation.labels
             if annotation.known is not None and not annotation.known.all():  # void pixels: the new solve decides
                 predicted = self.labels(grown, self.scores(grown, X), frame)
@@ -183,17 +191,26 @@ class Segmenter:
         num_classes: int,
         work: tuple[int, int],
         prior: Stats,
+        correction: bool = False,
     ) -> np.ndarray:
         """A frame's full labels from scribbles: solve from the strokes (and ``prior``, earlier input), predict
         the frame, add the confidently predicted cells, solve again (``config.scribble_rounds`` times).
-        Stroke pixels keep their labels."""
-        stroke_stats = prior + self._annotation_stats(X, X_mirror, strokes, num_classes, work)
+        Stroke pixels keep their labels. A ``correction``'s strokes weigh as much in total as a fully annotated
+        frame (``config.stroke_frame``), so that a few strokes can overrule what earlier frames taught."""
+        weight = 1.0
+        if correction and self.config.stroke_frame:
+            _, known = pixel_targets(strokes.labels, strokes.known, num_classes, work, self.device)
+            frame_cells = (work[0] / STRIDE) * (work[1] / STRIDE)
+            weight = frame_cells / max(float(known.sum()), 1.0)
+        stroke_stats = prior + self._annotation_stats(X, X_mirror, strokes, num_classes, work, weight)
         W = solver.solve(stroke_stats, self.lam)
         h, w = (s // STRIDE for s in padded_size(*work))
         for _ in range(self.config.scribble_rounds):
             P = solver.predict(X, W)
             Y, valid = self._confident(P, num_classes)
-            pseudo = grid_statistics(X, Y, valid, self.blocks, self.config.balance, self.config.scribble_weight)
+            pseudo = grid_statistics(
+                X, Y, valid, self.blocks, self.config.balance, self.config.scribble_weight, cap=self._cap
+            )
             W = solver.solve(stroke_stats + pseudo, self.lam)
         P = solver.predict(X, W).transpose(0, 1).reshape(num_classes, h, w)
         out = decide.labels(P, work, strokes.size, self.decision, frame)
@@ -215,7 +232,7 @@ class Segmenter:
 
     def window(self, P: Tensor, previous: Tensor) -> Tensor:
         """``P[K+1,h,w]`` with each object kept near its previous position (``decide.window``)."""
-        return decide.window(P, previous, self.config.window, self.config.reappear)
+        return decide.window(P, previous, self.config.window)
 
     def labels(self, state: VideoState, P: Tensor, frame: np.ndarray | None = None) -> np.ndarray:
         """``P[K+1,h,w] -> labels[H,W] uint8`` at the video's size (``decide.labels``)."""
@@ -234,7 +251,14 @@ class Segmenter:
             s = s if s > 1 and h * w >= _MIN_ONLINE_CELLS * s * s else 1
             grid = (h, w, -1)
             new = grid_statistics(
-                X.view(grid), Y.view(grid), valid.view(h, w), self.blocks, self.config.balance, self.config.online, s
+                X.view(grid),
+                Y.view(grid),
+                valid.view(h, w),
+                self.blocks,
+                self.config.balance,
+                self.config.online,
+                s,
+                cap=self._cap,
             )
             memory = new if state.memory is None else state.memory.scale(self.config.decay) + new
             W = solver.solve(state.reference + memory, self.lam)

@@ -140,15 +140,20 @@ def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
     return torch.nn.functional.one_hot(labels.long(), num_classes).to(dtype)
 
 
-def balanced_weights(Y: Tensor, valid: Tensor | None = None, eps: float = 1.0) -> Tensor:
+def balanced_weights(Y: Tensor, valid: Tensor | None = None, eps: float = 1.0, cap: float | None = None) -> Tensor:
     """``balanced_weights(Y[...,N,K], valid[...,N] | None) -> w[...,N]``: every class weighs the same in total.
 
     Each pixel gets ``n_valid / (K_present * n_class)``, so the weights average to one over valid pixels
     and a small object counts as much as the background. ``valid == 0`` pixels (unknown) get weight 0.
+    ``cap`` bounds a class's per-pixel weight at ``cap`` times the most common class's, so that an object of a
+    few pixels cannot outweigh the whole background (it then weighs less than the others in total).
     """
     v = torch.ones_like(Y[..., 0]) if valid is None else valid.to(Y.dtype)
     counts = (Y * v.unsqueeze(-1)).sum(-2, keepdim=True)  # [..., 1, K]
     present = (counts > 0).to(Y.dtype).sum(-1, keepdim=True).clamp_min(1)  # [..., 1, 1]
     total = v.sum(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
     per_class = total / (present * (counts + eps))  # [..., 1, K]
+    if cap is not None:
+        lightest = per_class.amin(-1, keepdim=True)  # the class with the most pixels
+        per_class = torch.minimum(per_class, cap * lightest)
     return (Y * per_class).sum(-1) * v
