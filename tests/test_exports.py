@@ -233,3 +233,28 @@ def test_exports_come_in_frame_order_when_the_annotation_is_at_a_later_frame(tmp
     assert [coco.imgs[i + 1]["frame_index"] for i in range(6)] == list(range(6))
     for annotation in coco.dataset["annotations"]:
         np.testing.assert_array_equal(coco.annToMask(annotation), masks[annotation["image_id"] - 1] == 1)
+
+
+def _streams(path: Path) -> str:
+    """ffmpeg's listing of a file's streams."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stderr
+
+
+def test_the_overlay_keeps_the_input_audio(tmp_path: Path) -> None:
+    images, labels = _clip(frames=12, width=160)  # even: the mp4 keeps the mask's size
+    silent = write_video(tmp_path / "silent.mp4", images, fps=12.0)
+    video = tmp_path / "with tone.mp4"  # a tone one second long, as long as the 12 frames at 12 fps
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=1"]
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-y", "-i", str(silent), *tone, "-c:v", "copy", "-c:a", "aac", str(video)], check=True
+    )
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    for source, out in ((video, tmp_path / "tone_out"), (silent, tmp_path / "silent_out")):
+        result = runner.invoke(app, ["segment", str(source), "--mask", str(mask), "--out", str(out), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    listing = _streams(tmp_path / "tone_out" / "overlay.mp4")
+    assert re.search(r"Stream #0:\d.*: Audio: aac", listing), listing
+    assert sum(1 for _ in imageio_ffmpeg.read_frames(str(tmp_path / "tone_out" / "overlay.mp4"))) == 1 + 12
+    assert "Audio:" not in _streams(tmp_path / "silent_out" / "overlay.mp4")  # no sound where there was none

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import make_sample, write_video
+from conftest import iou, make_sample, write_palette_mask, write_video
 from PIL import Image
 
 from vosrr.video import DEFAULT_FPS, OutputError, OverlayWriter, VideoError, open_video, prefetch
@@ -193,3 +196,29 @@ def test_prefetch_of_a_real_video_stops_the_decoder(images, tmp_path: Path) -> N
     assert next(frames).shape == (64, 96, 3)
     frames.close()
     assert decoded.gi_frame is None  # the decoding generator finished: its ffmpeg process is gone
+
+
+def test_a_rotated_video_is_read_upright_and_quietly(tmp_path: Path) -> None:
+    """A phone video with a rotation in its metadata: frames and masks in the displayed orientation, and no
+    line of the reader's own on the terminal."""
+    images, labels = make_sample.make_clip(6, 96, 160, 1, seed=2)
+    coded = write_video(tmp_path / "coded.mp4", images)
+    video = tmp_path / "phone.mp4"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    command = [ffmpeg, "-v", "error", "-y", "-display_rotation", "90", "-i", str(coded), "-c", "copy", str(video)]
+    subprocess.run(command, check=True)
+    info, frames = open_video(video)
+    first = next(frames)
+    assert (info.width, info.height) == (96, 160) and first.shape == (160, 96, 3)
+    k = min((1, -1), key=lambda k: np.abs(np.rot90(images[0], k).astype(int) - first).mean())
+    assert np.abs(np.rot90(images[0], k).astype(int) - first).mean() < 8  # the picture, turned upright
+    upright = [np.ascontiguousarray(np.rot90(label, k)) for label in labels]
+    mask = write_palette_mask(tmp_path / "mask.png", upright[0])
+    # a process of its own: pytest's log capture would hide a reader's line that a terminal shows
+    command = [sys.executable, "-m", "vosrr.cli", "segment", str(video), "-m", str(mask), "-o", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("6 frames, 1 object(s)"), lines  # the summary alone
+    last = np.asarray(Image.open(tmp_path / "out" / "masks" / "00005.png"))
+    assert last.shape == (160, 96) and iou(last, upright[5], 1) > 0.6

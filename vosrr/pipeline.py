@@ -338,4 +338,5 @@ class _NoWriter:
 def _maybe_writer(outputs: Outputs, info: VideoInfo) -> OverlayWriter | _NoWriter:
     if not outputs.overlay:
         return _NoWriter()
-    return OverlayWriter(outputs.overlay_path, info.width, info.height, info.fps)
+    audio = info.path if info.audio else None  # the input's sound, in step when the frame rate is the input's
+    return OverlayWriter(outputs.overlay_path, info.width, info.height, info.fps, audio=audio)

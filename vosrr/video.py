@@ -7,6 +7,7 @@ overlap with the network instead of adding to it, and memory stays flat however 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -57,6 +58,8 @@ class VideoInfo:
     height: int
     fps: float
     frames: int | None
+    audio: bool = False
+    """whether the file has an audio stream (the overlay keeps it)"""
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -123,9 +126,10 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
         frame = _read_image(path)
         return VideoInfo(path, frame.shape[1], frame.shape[0], fps or DEFAULT_FPS, 1), iter([frame])
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        meta: dict[str, Any] = reader.__next__()
-        reader.close()
+        with _quiet_reader():
+            reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+            meta: dict[str, Any] = reader.__next__()
+            reader.close()
         width, height = (int(v) for v in meta["size"])
     except (OSError, RuntimeError, StopIteration, KeyError, ValueError, TypeError) as error:
         text = str(error)
@@ -138,7 +142,30 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
     rate = fps or float(meta.get("fps") or DEFAULT_FPS)
     duration = meta.get("duration")
     estimate = round(float(duration) * rate) if duration else None
-    return VideoInfo(path, width, height, rate, estimate), _decode(path, width, height)
+    return VideoInfo(path, width, height, rate, estimate, has_audio(path)), _decode(path, width, height)
+
+
+@contextlib.contextmanager
+def _quiet_reader() -> Iterator[None]:
+    """Keep imageio-ffmpeg's own log lines (a rotated video's "The frame size for reading ... is different",
+    which is expected: frames come in the displayed orientation) off the user's terminal, for this call only."""
+    log = logging.getLogger("imageio_ffmpeg")
+    quiet = logging.Filter("vosrr.quiet")  # passes only records of a logger of that name: none of imageio's
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
+
+
+def has_audio(path: Path) -> bool:
+    """Whether the video file ``path`` has an audio stream (ffmpeg's own listing of its streams)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", f"file:{Path(path).resolve()}"]
+    try:
+        listing = subprocess.run(command, capture_output=True, timeout=60, check=False).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(rb"Stream #\d+:\d+.*: Audio:", listing) is not None
 
 
 def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
@@ -225,8 +252,19 @@ class OverlayWriter:
     encoder leaves nothing.
     """
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, depth: int = 8, quality: int = 6) -> None:
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        fps: float,
+        depth: int = 8,
+        quality: int = 6,
+        audio: Path | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.audio = audio
+        """a file whose first audio stream goes into the video (AAC, cut to the frames written)"""
         self.quality = quality
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.size = (width + width % 2, height + height % 2)
@@ -256,7 +294,9 @@ class OverlayWriter:
                 macro_block_size=2,
                 quality=self.quality,
                 ffmpeg_log_level="error",
-                output_params=["-preset", "veryfast"],
+                output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
+                audio_path=None if self.audio is None else f"file:{Path(self.audio).resolve()}",
+                audio_codec=None if self.audio is None else "aac",
             )
             writer.send(None)
             width, height = self.size
