@@ -10,7 +10,10 @@ import errno
 import hashlib
 import os
 import pickle
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -635,7 +638,7 @@ def test_error_stays_one_line_in_a_narrow_terminal(segment, clip, tmp_path: Path
 
 
 def test_main_turns_ctrl_c_into_exit_130(monkeypatch, capsys) -> None:
-    def interrupted() -> None:
+    def interrupted(**options: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "app", interrupted)
@@ -643,3 +646,116 @@ def test_main_turns_ctrl_c_into_exit_130(monkeypatch, capsys) -> None:
         cli.main()
     assert exit_.value.code == int(ExitCode.INTERRUPTED)
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+# ------------------------------------------------------------------------------ paths and options (hostile)
+def test_colons_in_file_names_are_paths_not_protocols(segment, clip, tmp_path: Path) -> None:
+    video, mask, _ = clip
+    odd = tmp_path / "take:1.mp4"
+    odd.write_bytes(video.read_bytes())
+    out = tmp_path / "run:1"
+    succeeds(segment(odd, "-m", mask, "-o", out, "--export", "alpha"))
+    assert len(list((out / "masks").iterdir())) == 4
+    assert count_frames(out / "overlay.mp4") == 4 and (out / "alpha.mov").is_file()
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("fps", ["0", "-5", "nan", "inf", "5000"])
+def test_a_bad_frame_rate_is_refused_before_any_work(segment, clip, tmp_path: Path, fps: str) -> None:
+    video, mask, _ = clip
+    out = tmp_path / "out"
+    fails(segment(video, "-m", mask, "-o", out, "--fps", fps), ExitCode.USAGE, "--fps")
+    assert not out.exists()
+
+
+def test_nothing_to_write_is_refused(segment, clip, tmp_path: Path) -> None:
+    video, mask, _ = clip
+    out = tmp_path / "out"
+    fails(segment(video, "-m", mask, "-o", out, "--no-masks", "--no-overlay"), ExitCode.USAGE, "nothing to write")
+    assert not out.exists()
+
+
+def test_a_scale_past_the_size_guard_is_refused(segment, tmp_path: Path) -> None:
+    images, labels = make_sample.make_clip(2, 64, 1100, 1, seed=1)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    out = tmp_path / "out"
+    fails(segment(folder, "-m", mask, "-o", out, "--scale", "4"), ExitCode.INPUT, "--scale 4.0", "--max-side")
+    assert not out.exists()
+
+
+def test_a_higher_overlay_rate_is_not_called_truncation(segment, clip, tmp_path: Path) -> None:
+    video, mask, _ = clip  # 10 fps
+    result = segment(video, "-m", mask, "-o", tmp_path / "out", "--fps", "60")
+    succeeds(result)
+    assert "truncated" not in result.output
+
+
+def test_two_overlay_writers_for_one_file_never_share_a_temporary_file(tmp_path: Path) -> None:
+    from vosrr.video import OverlayWriter
+
+    a, b = (OverlayWriter(tmp_path / "overlay.mp4", 32, 32, 10.0) for _ in range(2))
+    assert a.tmp != b.tmp and a.tmp.parent == b.tmp.parent == tmp_path
+
+
+def _command(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The installed command's entry (``vosrr.entry``) in a process of its own."""
+    command = [sys.executable, "-m", "vosrr.entry", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_option_parser_errors_are_one_line(clip, tmp_path: Path) -> None:
+    video, mask, _ = clip
+    dash = tmp_path / "-clip.mp4"
+    dash.write_bytes(video.read_bytes())
+    cases = [
+        (["segment", video, "-m", mask, "--bogus"], "No such option: --bogus"),
+        (["segment", "-m", mask], "Missing argument 'video'"),
+        (["segment", video, "-m", mask, "--blocks", "x"], "--blocks"),
+        (["segment", dash.name, "-m", mask], "put -- before names that start with '-'"),
+    ]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the name starting with '-' is given relative, as a user types it
+    try:
+        for args, words in cases:
+            result = _command(*args)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == int(ExitCode.USAGE), result.stderr
+            assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+            assert "--help" in lines[0]
+    finally:
+        os.chdir(cwd)
+
+
+def test_sigterm_keeps_complete_frames_like_ctrl_c(weights: Path, tmp_path: Path) -> None:
+    images, labels = make_sample.make_clip(150, 120, 200, 2, seed=1)
+    video = write_video(tmp_path / "long.mp4", images)
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vosrr.entry", "segment", str(video), "-m", str(mask), "-o", str(out)]
+    process = subprocess.Popen([*command, "--weights", str(weights)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "masks" / "00003.png").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.terminate()  # SIGTERM, as kill, timeout and container stops send
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "interrupted after" in stderr
+    written = sorted(p.name for p in (out / "masks").iterdir())
+    assert 4 <= len(written) < 150 and written == [f"{i:05d}.png" for i in range(len(written))]
+    assert count_frames(out / "overlay.mp4") == len(written)
+    assert leftovers(out) == []
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:
+    """A Ctrl-C while torch is still importing (the first second or two) is one line, not a traceback."""
+    command = [sys.executable, "-m", "vosrr.entry", "segment", str(tmp_path / "v.mp4"), "-m", "m.png"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert process.returncode == 130 and len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr

@@ -7,6 +7,7 @@ Every known failure prints one line naming the problem and what to do, and exits
 from __future__ import annotations
 
 import enum
+import math
 import os
 import random
 import sys
@@ -379,6 +380,10 @@ def segment(
     )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
+        _fail(ExitCode.USAGE, f"--fps must be a frame rate above 0 and at most 1000, got {fps}; or leave it out")
+    if not masks and not overlay and not export:
+        _fail(ExitCode.USAGE, "--no-masks --no-overlay leaves nothing to write; keep one of them, or add --export")
     if overlay_style not in OVERLAY_STYLES:
         _fail(ExitCode.USAGE, f"unknown --overlay-style {overlay_style!r}; use {' or '.join(OVERLAY_STYLES)}")
     try:
@@ -723,12 +728,30 @@ def export(
     _guard(debug, job)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> NoReturn:
+    """The ``vosrr`` command: every failure, the option parser's included, is one ``error:`` line and a code."""
     try:
-        app()
-    except KeyboardInterrupt:
+        result = app(args=args, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as done:
+        code = done.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         _say("interrupted", "[bold red]error:[/]")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        code = int(ExitCode.INTERRUPTED)
+    except Exception as error:  # the option parser's usage errors (Click's, or the copy Typer ships)
+        if not any(kind.__name__ == "UsageError" for kind in type(error).__mro__):
+            raise
+        message = " ".join(str(getattr(error, "format_message", error.__str__)()).split()).rstrip(".")
+        name = getattr(error, "option_name", None)
+        if type(error).__name__ == "NoSuchOption" and isinstance(name, str) and name.startswith("-"):
+            files = [a for a in (args if args is not None else sys.argv[1:]) if a.startswith(name) and Path(a).exists()]
+            if files:
+                message += f"; {files[0]} is a file: put -- before names that start with '-' (-- {files[0]})"
+        ctx = getattr(error, "ctx", None)
+        command = ctx.command_path if ctx is not None else "vosrr"
+        _say(f"{message}; see '{command} --help'", "[bold red]error:[/]")
+        code = int(ExitCode.USAGE)
+    sys.exit(code)
 
 
 __all__ = ["DEFAULT_WEIGHTS", "ExitCode", "app", "main"]

@@ -31,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from vosrr.masks import MaskFormat, atomic_save
-from vosrr.video import OutputError, VideoInfo
+from vosrr.video import OutputError, VideoInfo, ffmpeg_path
 
 __all__ = [
     "ALPHA_VIDEO",
@@ -269,7 +269,7 @@ class _AlphaSink:
     def _encode(self, frame: np.ndarray, labels: np.ndarray) -> None:
         if self._encoder is None:
             self._encoder = imageio_ffmpeg.write_frames(
-                str(self.tmp),
+                ffmpeg_path(self.tmp),
                 (self.info.width, self.info.height),
                 fps=self.info.fps,
                 codec="prores_ks",

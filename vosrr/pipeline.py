@@ -165,11 +165,13 @@ def segment_video(
     prepare_output(outputs, create=False)  # a folder that cannot be used fails now, before any work
     if not isinstance(segmenter, Segmenter):
         segmenter = segmenter()
-    side = max(info.width, info.height)
-    if segmenter.config.max_side is None and side > MAX_FULL_SIDE:
+    work = segmenter.work_size(info.height, info.width)
+    if max(work) > MAX_FULL_SIDE:  # the size the network would see, --scale included
+        scaled = f" at --scale {segmenter.config.scale}" if segmenter.config.scale != 1 else ""
         raise VideoError(
-            f"{video} is {info.width}x{info.height}, too large to process at full size (over {MAX_FULL_SIDE} "
-            f"pixels on the longer side); pass --max-side 1280 (masks are still written at full size)"
+            f"{video} is {info.width}x{info.height}, too large to process{scaled} ({work[1]}x{work[0]}, over "
+            f"{MAX_FULL_SIDE} pixels on the longer side); pass --max-side 1280 (masks are still written at full "
+            "size)" + (" or a smaller --scale" if scaled else "")
         )
     frames = prefetch(decoded)
     summary = Summary(objects=timeline.format.num_objects, notes=list(timeline.notes))

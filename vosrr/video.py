@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
         return VideoInfo(path, frame.shape[1], frame.shape[0], fps or DEFAULT_FPS, 1), iter([frame])
     try:
         with _quiet_reader():
-            reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+            reader = imageio_ffmpeg.read_frames(ffmpeg_path(path), pix_fmt="rgb24")
             meta: dict[str, Any] = reader.__next__()
             reader.close()
         width, height = (int(v) for v in meta["size"])
@@ -139,10 +140,17 @@ def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterato
             "moov atom not found: not a complete mp4/mov file" if "moov atom not found" in text else _last_line(text)
         )
         raise VideoError(f"cannot read {path} as a video ({reason}); {_WHAT_TO_GIVE}") from error
-    rate = fps or float(meta.get("fps") or DEFAULT_FPS)
+    source_rate = float(meta.get("fps") or DEFAULT_FPS)
+    rate = fps or source_rate  # the overlay's; the frame count comes from the source's own rate
     duration = meta.get("duration")
-    estimate = round(float(duration) * rate) if duration else None
+    estimate = round(float(duration) * source_rate) if duration else None
     return VideoInfo(path, width, height, rate, estimate, has_audio(path)), _decode(path, width, height)
+
+
+def ffmpeg_path(path: Path) -> str:
+    """``path`` as ffmpeg must be given it: an absolute path behind ``file:``, so that a name with a colon
+    (``take:1.mp4``) is never read as a protocol."""
+    return f"file:{Path(path).absolute()}"
 
 
 @contextlib.contextmanager
@@ -160,7 +168,7 @@ def _quiet_reader() -> Iterator[None]:
 
 def has_audio(path: Path) -> bool:
     """Whether the video file ``path`` has an audio stream (ffmpeg's own listing of its streams)."""
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", f"file:{Path(path).resolve()}"]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", ffmpeg_path(path)]
     try:
         listing = subprocess.run(command, capture_output=True, timeout=60, check=False).stderr
     except (OSError, subprocess.TimeoutExpired):
@@ -170,7 +178,7 @@ def has_audio(path: Path) -> bool:
 
 def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Frames of a video file from one ffmpeg process; any decoding error ffmpeg reports ends it with ``VideoError``."""
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path)]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path)]
     command += ["-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
     size, count, raw = width * height * 3, 0, b""
     with tempfile.TemporaryFile() as log:
@@ -266,7 +274,8 @@ class OverlayWriter:
         self.audio = audio
         """a file whose first audio stream goes into the video (AAC, cut to the frames written)"""
         self.quality = quality
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        # a name of this writer's own: two runs into one folder never write (or rename) each other's file
+        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{self.path.suffix}")
         self.size = (width + width % 2, height + height % 2)
         self.fps = fps
         self.frames = 0
@@ -285,7 +294,7 @@ class OverlayWriter:
             if item is _DONE:
                 return  # no frame: no file
             writer = imageio_ffmpeg.write_frames(
-                str(self.tmp),
+                ffmpeg_path(self.tmp),
                 self.size,
                 fps=self.fps,
                 codec="libx264",
@@ -295,7 +304,7 @@ class OverlayWriter:
                 quality=self.quality,
                 ffmpeg_log_level="error",
                 output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
-                audio_path=None if self.audio is None else f"file:{Path(self.audio).resolve()}",
+                audio_path=None if self.audio is None else ffmpeg_path(self.audio),
                 audio_codec=None if self.audio is None else "aac",
             )
             writer.send(None)

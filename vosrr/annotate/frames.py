@@ -23,7 +23,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, _read_image, frame_files, open_video
+from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, _read_image, ffmpeg_path, frame_files, open_video
 
 __all__ = ["FrameSource"]
 
@@ -43,7 +43,7 @@ class _Decoder:
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error"]
         if start > 0:  # half a frame early: the first frame at or after it is frame `start` (accurate seek)
             command += ["-ss", f"{(start - 0.5) / fps:.6f}"]
-        command += ["-i", str(path), "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+        command += ["-i", ffmpeg_path(path), "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
         self.size = (height, width)
         self.position = start
         self._process = subprocess.Popen(
