@@ -573,7 +573,8 @@ def test_train_with_a_bad_davis_folder(tmp_path: Path, case: str, words: tuple[s
     if case != "missing":
         _davis(root, drop_mask=case == "no mask", drop_split=case == "no split")
     args = ["train", "--davis", str(root), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")]
-    fails(runner.invoke(app, [*args, "--device", "cpu"]), ExitCode.DATASET, *words)
+    line = fails(runner.invoke(app, [*args, "--device", "cpu"]), ExitCode.DATASET, *words)
+    assert "--split" not in line  # train has no --split option to suggest
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
@@ -759,3 +760,67 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=60)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert process.returncode == 130 and len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+
+
+# ------------------------------------------------------------------------------------------ eval (hostile)
+def _eval(weights: Path, root: Path, out: Path, *extra: str) -> Result:
+    args = ["eval", "--davis", str(root), "--out", str(out), "--weights", str(weights), "--device", "cpu"]
+    return runner.invoke(app, [*args, *extra])
+
+
+def test_eval_never_writes_into_the_dataset(weights: Path, tmp_path: Path) -> None:
+    root = _davis(tmp_path / "davis")
+    truth = root / "Annotations" / "480p"
+    before = {p: p.read_bytes() for p in truth.rglob("*.png")}
+    for out in (truth, root, root / "runs"):
+        fails(_eval(weights, root, out, "--force"), ExitCode.USAGE, "inside", "DAVIS folder")
+    assert {p: p.read_bytes() for p in truth.rglob("*.png")} == before  # the ground truth is untouched
+    assert not (root / "runs").exists()
+
+
+def test_eval_refuses_a_non_empty_out_without_force(weights: Path, tmp_path: Path) -> None:
+    root = _davis(tmp_path / "davis")
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    fails(_eval(weights, root, out), ExitCode.OUTPUT, "not empty", "--force")
+    succeeds(_eval(weights, root, out, "--force"))
+    assert (out / "mine.txt").read_text() == "keep" and (out / "results.json").is_file()
+
+
+def test_eval_names_the_listed_sequences_that_are_missing(weights: Path, tmp_path: Path) -> None:
+    root = _davis(tmp_path / "davis")
+    listing = root / "ImageSets" / "480p" / "val.txt"
+    listing.write_text(listing.read_text() + "/JPEGImages/480p/gone/00000.jpg /Annotations/480p/gone/00000.png\n")
+    result = _eval(weights, root, tmp_path / "res")
+    succeeds(result)
+    assert "1 of the 2 sequences val.txt lists are not in" in result.output and "gone" in result.output
+
+
+def test_a_frame_folder_holding_its_mask_never_takes_it_as_a_frame(segment, tmp_path: Path) -> None:
+    images, labels = make_sample.make_clip(3, H, W, 2, seed=1)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    mask = write_palette_mask(folder / "zz_mask.png", labels[0])  # sorts after the frames
+    (folder / "notes.txt").write_text("not a frame")
+    out = tmp_path / "out"
+    result = segment(folder, "-m", mask, "-o", out)
+    succeeds(result)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert "2 file(s) not taken as frames (notes.txt, zz_mask.png)" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("case", "words"), [("folder", ("is a folder", "tiny.pt")), ("checksum", ("checksum file",))])
+def test_weights_that_are_not_a_checkpoint_file(segment, clip, weights: Path, tmp_path: Path, case, words) -> None:
+    video, mask, _ = clip
+    own = tmp_path / "weights" / weights.name  # a copy: the shared checkpoint's folder stays as it is
+    own.parent.mkdir()
+    own.write_bytes(weights.read_bytes())
+    target = own.parent if case == "folder" else own.with_name(own.name + ".sha256")
+    if case == "checksum":
+        target.write_text(hashlib.sha256(own.read_bytes()).hexdigest())
+    args = ["segment", str(video), "-m", str(mask), "-o", str(tmp_path / "out"), "--weights", str(target)]
+    line = fails(runner.invoke(app, [*args, "--device", "cpu"]), ExitCode.WEIGHTS, *words)
+    assert "could run code" not in line and "not found" not in line

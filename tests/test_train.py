@@ -149,3 +149,36 @@ def test_augment_is_seeded() -> None:
     c = augment_frame(image, labels, random.Random("0:2:5"), (0.7, 1.4), 0.3)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
+
+
+def _train_args(tmp_path: Path, davis: Path, out: Path, *extra: str) -> list[str]:
+    small = ["--steps", "1", "--batch", "1", "--epochs", "1", "--channels", "32", "--width", "16", "--device", "cpu"]
+    return ["train", "--davis", str(davis), "--out", str(out), "--cache", str(tmp_path / "cache"), *small, *extra]
+
+
+def test_train_checks_its_out_before_building_the_cache(tmp_path: Path) -> None:
+    davis = _davis(tmp_path / "davis")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, _train_args(tmp_path, davis, blocker / "run", "--holdout", "1"))
+    assert result.exit_code == 5 and "is a file" in result.stderr, result.output
+    assert not (tmp_path / "cache").exists()  # refused before any feature was computed
+
+
+def test_train_refuses_to_hold_out_every_sequence(tmp_path: Path) -> None:
+    davis = _davis(tmp_path / "davis")  # two training sequences
+    result = runner.invoke(app, _train_args(tmp_path, davis, tmp_path / "run", "--holdout", "2"))
+    assert result.exit_code == 7 and "leaving none to train on" in result.stderr, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cache").exists()
+
+
+def test_train_never_replaces_an_earlier_run_unasked(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    davis = _davis(tmp_path / "davis")
+    run = tmp_path / "run"
+    assert runner.invoke(app, _train_args(tmp_path, davis, run, "--holdout", "1")).exit_code == 0
+    first = (run / "last.pt").read_bytes()
+    again = runner.invoke(app, _train_args(tmp_path, davis, run, "--holdout", "1"))
+    assert again.exit_code == 5 and "--resume" in again.stderr and "--force" in again.stderr, again.output
+    assert (run / "last.pt").read_bytes() == first
+    assert runner.invoke(app, _train_args(tmp_path, davis, run, "--holdout", "1", "--force")).exit_code == 0

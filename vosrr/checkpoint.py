@@ -109,8 +109,16 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
     code when unpickled is refused, not executed.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        fix = f"pass one of its checkpoints ({', '.join(found[:3])})" if found else "pass a checkpoint file (.pt)"
+        raise WeightsError(f"--weights {path} is a folder; {fix}")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}; pass an existing checkpoint with --weights")
+    if path.suffix == ".sha256":
+        raise WeightsError(
+            f"{path} is a checksum file, not weights; pass the checkpoint beside it ({path.with_suffix('')})"
+        )
     check = _checksum_path(path)
     if verify and check.is_file():
         words = check.read_text(errors="replace").split()

@@ -33,6 +33,7 @@ from vosrr.checkpoint import (
     load_model,
 )
 from vosrr.davis import DavisError
+from vosrr.davis import listed as listed_sequences
 from vosrr.davis import sequences as davis_sequences
 from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
 from vosrr.mask_reader import MASK_KINDS
@@ -519,6 +520,9 @@ def train(
     holdout: Annotated[int, typer.Option(help="Training sequences held out for validation.")] = 3,
     cache: Annotated[Path, typer.Option(help="Folder for the frozen-trunk feature cache.")] = Path("cache"),
     resume: Annotated[Path | None, typer.Option(help="Resume from a checkpoint (e.g. runs/train/last.pt).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over in an --out that holds an earlier run (replaces last.pt).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Device = "auto",
     debug: Debug = False,
@@ -555,6 +559,7 @@ def train(
             device=str(dev),
             cache=cache,
             resume=resume,
+            force=force,
         )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
@@ -573,6 +578,18 @@ def train(
             _say(f"best checkpoint: {best}")
 
     _guard(debug, job)
+
+
+def _check_eval_out(out: Path, davis: Path, force: bool) -> None:
+    """Refuse an ``eval --out`` inside the dataset (it would overwrite, then score, the ground truth) and a
+    non-empty one without ``--force``."""
+    target, root = out.resolve(), davis.resolve()
+    if target == root or root in target.parents or target in root.parents:
+        _fail(ExitCode.USAGE, f"--out {out} is inside (or holds) the DAVIS folder {davis}; choose a folder outside it")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        _fail(ExitCode.OUTPUT, f"--out {out} is not empty; use --force to overwrite its results, or another --out")
+    if target.exists() and not target.is_dir():
+        _fail(ExitCode.OUTPUT, f"--out {out} exists and is not a folder; choose another --out")
 
 
 @app.command("eval")
@@ -598,10 +615,15 @@ def evaluate_cmd(
     scale: Scale = _DEFAULT.scale,
     flip: Flip = None,
     accurate: Accurate = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a non-empty --out (overwrites the masks and results.json).")
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
     from vosrr.evaluate import evaluate
+
+    _check_eval_out(out, davis, force)
 
     weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(
@@ -621,7 +643,15 @@ def evaluate_cmd(
     dev = pick_device(device)
 
     def job() -> None:
-        davis_sequences(davis, split)  # a bad DAVIS folder fails before the model loads
+        present = {seq.name for seq in davis_sequences(davis, split)}  # a bad DAVIS folder fails before the model
+        absent = [name for name in listed_sequences(davis, split) if name not in present]
+        if absent and not sequences:
+            _say(
+                f"{len(absent)} of the {len(absent) + len(present)} sequences {split}.txt lists are not in {davis} "
+                f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}); the mean is over the "
+                f"{len(present)} present, not the whole split",
+                "[yellow]note:[/]",
+            )
         model, _ = load_model(weights, dev)
         segmenter = Segmenter(model, config, dev)
         names = [s.strip() for s in sequences.split(",")] if sequences else None

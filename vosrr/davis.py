@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DavisError", "Sequence", "sequences"]
+__all__ = ["DavisError", "Sequence", "listed", "sequences"]
 
 
 class DavisError(ValueError):
@@ -28,24 +28,38 @@ def _sequence_name(line: str) -> str:
     return first.split("/")[-2] if "/" in first else first
 
 
-def sequences(root: Path, split: str, resolution: str = "480p") -> list[Sequence]:
-    """The sequences of ``split`` (``train``, ``val``, or ``trainval``), each with matching frames and masks."""
+_HINT = "pass --davis pointing at the DAVIS 2016 root (with JPEGImages/, Annotations/ and ImageSets/)"
+
+
+def listed(root: Path, split: str, resolution: str = "480p", choose: bool = True) -> list[str]:
+    """The names of the sequences ``split``'s list file names (present on disk or not), in its order.
+    ``choose``: the caller has a ``--split`` option (a missing list file then suggests the others)."""
     root = Path(root)
-    hint = "pass --davis pointing at the DAVIS 2016 root (with JPEGImages/, Annotations/ and ImageSets/)"
     if not root.is_dir():
-        raise DavisError(f"DAVIS folder not found: {root}; {hint}")
+        raise DavisError(f"DAVIS folder not found: {root}; {_HINT}")
     names: list[str] = []
     for part in ("train", "val") if split == "trainval" else (split,):
         listing = root / "ImageSets" / resolution / f"{part}.txt"
         if not listing.is_file():
             others = sorted(p.stem for p in listing.parent.glob("*.txt"))
-            fix = f"use --split {' or '.join(others)}" if others else hint
+            fix = f"use --split {' or '.join(others)}" if others and choose else _HINT
+            if not choose:
+                fix = f"restore {listing.name} from the DAVIS archive, or {_HINT}"
             raise DavisError(f"split file missing: {listing}; {fix}")
         for line in listing.read_text(errors="replace").splitlines():
             if line.strip() and (name := _sequence_name(line)) not in names:
                 names.append(name)
     if not names:
         raise DavisError(f"split {split!r} of {root} lists no sequences; restore its ImageSets/{resolution}/ files")
+    return names
+
+
+def sequences(root: Path, split: str, resolution: str = "480p", choose: bool = True) -> list[Sequence]:
+    """The sequences of ``split`` (``train``, ``val``, or ``trainval``) present on disk, each with matching frames
+    and masks (a listed sequence without its frames folder is left out: ``listed`` names them all)."""
+    root = Path(root)
+    hint = _HINT
+    names = listed(root, split, resolution, choose)
     found = []
     for name in names:
         image_dir = root / "JPEGImages" / resolution / name

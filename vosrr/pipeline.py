@@ -159,7 +159,7 @@ def segment_video(
     a run that ends before its first mask removes the folders it created.
     """
     marks = [Mark(0, Path(marks))] if isinstance(marks, str | os.PathLike) else list(marks)
-    info, decoded = open_video(video, fps)
+    info, decoded = open_video(video, fps, exclude=[m.path for m in marks])  # a folder's own mask is no frame
     exact = info.frames if Path(video).is_dir() else None  # a folder's frames are counted; a file's estimated
     timeline = load_timeline(marks, (info.height, info.width), exact, resize=resize_mask, kind=mask_kind)
     prepare_output(outputs, create=False)  # a folder that cannot be used fails now, before any work
@@ -175,6 +175,9 @@ def segment_video(
         )
     frames = prefetch(decoded)
     summary = Summary(objects=timeline.format.num_objects, notes=list(timeline.notes))
+    if info.skipped:
+        names = ", ".join(info.skipped[:4]) + (f" and {len(info.skipped) - 4} more" if len(info.skipped) > 4 else "")
+        summary.notes.append(f"{video}: {len(info.skipped)} file(s) not taken as frames ({names})")
     created: list[Path] | None = None
 
     def ready() -> None:  # the output folder appears with the first finished frame

@@ -31,9 +31,10 @@ from torchvision.transforms.v2 import functional as TF
 from vosrr import solver
 from vosrr.backbone import IMAGENET_MEAN, TRUNKS
 from vosrr.checkpoint import WeightsError, load_checkpoint, save_checkpoint
-from vosrr.davis import Sequence, sequences
+from vosrr.davis import DavisError, Sequence, sequences
 from vosrr.embedding import STRIDE, Embedder, ModelConfig, padded_size
 from vosrr.masks import targets
+from vosrr.video import OutputError
 
 __all__ = ["FeatureCache", "TrainConfig", "evaluate_episodes", "train", "train_one_epoch"]
 
@@ -76,6 +77,8 @@ class TrainConfig:
     device: str = "cpu"
     cache: Path = Path("cache")
     resume: Path | None = None
+    force: bool = False
+    """start over in an ``out`` that holds an earlier run's ``last.pt`` (it is replaced)"""
     log_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -396,6 +399,22 @@ def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
     return params
 
 
+def check_out(config: TrainConfig) -> None:
+    """Refuse an ``out`` that cannot hold checkpoints, or that holds an earlier run's (unless resumed or forced)."""
+    out = config.out
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"cannot write checkpoints to {out}: {parent} is a file; choose another --out")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write checkpoints to {out}: {parent} is not writable; choose another --out")
+    last = out / "last.pt"
+    if last.exists() and config.resume is None and not config.force:
+        raise OutputError(
+            f"{out} holds an earlier run ({last.name}); pass --resume {last} to go on with it, --force to start "
+            "over (its checkpoints are replaced), or another --out"
+        )
+
+
 def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     """Train (or resume) and write ``<out>/last.pt`` every epoch and ``<out>/best.pt`` on validation gains."""
     device = torch.device(config.device)
@@ -410,8 +429,14 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
         progress, log = None, _silent
     rng = random.Random(config.seed + rank)
     torch.manual_seed(config.seed + rank)
-    seqs = sequences(config.davis, "train")
+    seqs = sequences(config.davis, "train", choose=False)  # train has no --split
     names = sorted(s.name for s in seqs)
+    check_out(config)  # before the feature cache (many minutes) is built
+    if config.holdout >= len(names):
+        raise DavisError(
+            f"--holdout {config.holdout} holds out all {len(names)} training sequences, leaving none to train on; "
+            f"pass a smaller --holdout (0 to {len(names) - 1})"
+        )
     held = names[:: max(1, len(names) // config.holdout)][: config.holdout] if config.holdout else []
     model = Embedder(ModelConfig(config.channels, config.width, config.lam, config.trunk))
     try:

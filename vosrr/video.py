@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,18 @@ class VideoInfo:
     frames: int | None
     audio: bool = False
     """whether the file has an audio stream (the overlay keeps it)"""
+    skipped: tuple[str, ...] = ()
+    """files of a frame folder that are not taken as frames (not images, or annotations given with the video)"""
 
 
-def frame_files(folder: Path) -> list[Path]:
-    """The frame images of a folder, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
+def frame_files(folder: Path, exclude: Collection[Path] = ()) -> list[Path]:
+    """The frame images of a folder, sorted by name (hidden files, and the files of ``exclude``, skipped)."""
+    left_out = {Path(p).resolve() for p in exclude}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".") and p.resolve() not in left_out
+    )
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -95,21 +102,28 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def open_video(path: Path, fps: float | None = None) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+def open_video(
+    path: Path, fps: float | None = None, exclude: Collection[Path] = ()
+) -> tuple[VideoInfo, Iterator[np.ndarray]]:
     """Open a video file, a folder of frames or one image -> ``(info, frames)``; frames are ``[H,W,3]`` uint8 RGB.
 
-    The iterator decodes lazily. A stream that breaks part way (or decodes no frame at all) raises
+    ``exclude``: files a frame folder may hold that are not frames (the annotations given with it). The iterator
+    decodes lazily. A stream that breaks part way (or decodes no frame at all) raises
     ``VideoError`` naming how many frames came out first.
     """
     path = Path(path)
     if not path.exists():
         raise VideoError(f"video not found: {path}; check the path")
     if path.is_dir():
-        files = frame_files(path)
+        files = frame_files(path, exclude)
         if not files:
             raise VideoError(f"folder {path} holds no frames ({', '.join(FRAME_SUFFIXES)}); {_WHAT_TO_GIVE}")
         first = _read_image(files[0])
-        info = VideoInfo(path, first.shape[1], first.shape[0], fps or DEFAULT_FPS, len(files))
+        taken = set(files)
+        skipped = tuple(
+            p.name for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in taken
+        )
+        info = VideoInfo(path, first.shape[1], first.shape[0], fps or DEFAULT_FPS, len(files), skipped=skipped)
 
         def frames_from_folder() -> Iterator[np.ndarray]:
             yield first
