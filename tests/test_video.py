@@ -222,3 +222,18 @@ def test_a_rotated_video_is_read_upright_and_quietly(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("6 frames, 1 object(s)"), lines  # the summary alone
     last = np.asarray(Image.open(tmp_path / "out" / "masks" / "00005.png"))
     assert last.shape == (160, 96) and iou(last, upright[5], 1) > 0.6
+
+
+def test_a_variable_frame_rate_video_gives_each_coded_frame_once(tmp_path: Path) -> None:
+    """Phone videos have variable frame rates: 12 coded frames are 12 frames (not copies up to a fixed rate)."""
+    images, _ = make_sample.make_clip(12, 96, 160, 1, seed=3)
+    steady = write_video(tmp_path / "steady.mp4", images)
+    video = tmp_path / "vfr.mp4"
+    timing = "setpts='if(lt(N,6),N*0.04,0.24+(N-6)*0.5)/TB'"  # 25 fps, then 2 fps
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(steady), "-vf", timing]
+    command += ["-fps_mode", "passthrough", "-enc_time_base", "1/1000", "-video_track_timescale", "1000"]
+    subprocess.run([*command, "-c:v", "libx264", str(video)], check=True)
+    _, frames = open_video(video)
+    decoded = list(frames)
+    assert len(decoded) == 12
+    assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(decoded, images, strict=True))  # in order

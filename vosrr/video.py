@@ -193,7 +193,8 @@ def has_audio(path: Path) -> bool:
 def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Frames of a video file from one ffmpeg process; any decoding error ffmpeg reports ends it with ``VideoError``."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path)]
-    command += ["-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+    # every coded frame once, with its own timing (a variable-frame-rate phone video is not padded with copies)
+    command += ["-fps_mode", "passthrough", "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
     size, count, raw = width * height * 3, 0, b""
     with tempfile.TemporaryFile() as log:
         # its own session: a Ctrl-C reaches Python (which stops cleanly), not the decoder mid-stream

@@ -43,7 +43,19 @@ class _Decoder:
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error"]
         if start > 0:  # half a frame early: the first frame at or after it is frame `start` (accurate seek)
             command += ["-ss", f"{(start - 0.5) / fps:.6f}"]
-        command += ["-i", ffmpeg_path(path), "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+        command += [
+            "-i",
+            ffmpeg_path(path),
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            "rgb24",
+            "-vcodec",
+            "rawvideo",
+            "-f",
+            "image2pipe",
+            "-",
+        ]
         self.size = (height, width)
         self.position = start
         self._process = subprocess.Popen(
