@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -29,7 +30,9 @@ def main() -> None:
         from vosrr.cli import main as run
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted while starting; nothing was written\n")
-        sys.exit(TERMINATED if terminated else INTERRUPTED)
+        sys.stderr.flush()
+        # at once: a half-imported torch's exit handlers are not to run (nothing of ours is open yet)
+        os._exit(TERMINATED if terminated else INTERRUPTED)
     try:
         run()
     except SystemExit as done:
