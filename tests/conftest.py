@@ -56,6 +56,16 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path
     return path
 
 
+def write_frames(folder: Path, frames: list[np.ndarray], suffix: str = ".png") -> Path:
+    """A frame folder (``00000.png``, ...; JPEGs at quality 95), made if needed."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:05d}{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
+    return folder
+
+
 def write_palette_mask(path: Path, labels: np.ndarray) -> Path:
     write_mask(path, labels, MaskFormat.dense(int(labels.max())))
     return path

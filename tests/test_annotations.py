@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import iou, make_sample, write_palette_mask, write_video
+from conftest import iou, make_sample, write_frames, write_palette_mask, write_video
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -321,10 +321,7 @@ def test_cli_correction_and_late_object_on_an_mp4(tmp_path: Path) -> None:
 
 def test_cli_middle_frame_start_on_a_frame_folder(tmp_path: Path) -> None:
     images, labels = make_sample.make_clip(7, H, W, 2, seed=4)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=95)
+    folder = write_frames(tmp_path / "frames", images, ".jpg")
     masks = tmp_path / "annotations"
     masks.mkdir()
     write_palette_mask(masks / "00003.png", labels[3])
@@ -380,10 +377,7 @@ def test_cli_scribble_writes_the_inferred_mask(tmp_path: Path) -> None:
 )
 def test_cli_annotation_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     images, labels = make_sample.make_clip(4, 64, 96, 1, seed=1)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    folder = write_frames(tmp_path / "frames", images)
     mask = write_palette_mask(tmp_path / "m.png", labels[0])
     small = write_palette_mask(tmp_path / "small.png", labels[0][:32])
     rgba = np.zeros((64, 96, 4), np.uint8)

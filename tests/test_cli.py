@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import iou, make_sample, write_palette_mask
+from conftest import iou, make_sample, write_frames, write_palette_mask
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,10 +39,7 @@ def test_segment_writes_one_mask_per_frame_and_an_overlay(clip, tmp_path: Path) 
 
 def test_segment_keeps_user_ids_and_honours_no_overlay(tmp_path: Path) -> None:
     images, labels = make_sample.make_clip(5, 192, 320, 1, seed=3)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=95)
+    folder = write_frames(tmp_path / "frames", images, ".jpg")
     grey = tmp_path / "first.png"
     Image.fromarray((labels[0] > 0).astype(np.uint8) * 255).save(grey)  # DAVIS 2016 style 0/255
     out = tmp_path / "res"

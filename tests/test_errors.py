@@ -22,7 +22,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from conftest import make_sample, write_palette_mask, write_video
+from conftest import make_sample, write_frames, write_palette_mask, write_video
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -102,13 +102,6 @@ def read_png(path: Path) -> np.ndarray:
 def count_frames(video: Path) -> int:
     _, frames = open_video(video)
     return sum(1 for _ in frames)
-
-
-def write_frames(folder: Path, images: list[np.ndarray]) -> Path:
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------- video
@@ -678,10 +671,7 @@ def test_nothing_to_write_is_refused(segment, clip, tmp_path: Path) -> None:
 
 def test_a_scale_past_the_size_guard_is_refused(segment, tmp_path: Path) -> None:
     images, labels = make_sample.make_clip(2, 64, 1100, 1, seed=1)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    folder = write_frames(tmp_path / "frames", images)
     mask = write_palette_mask(tmp_path / "mask.png", labels[0])
     out = tmp_path / "out"
     fails(segment(folder, "-m", mask, "-o", out, "--scale", "4"), ExitCode.INPUT, "--scale 4.0", "--max-side")
@@ -799,10 +789,7 @@ def test_eval_names_the_listed_sequences_that_are_missing(weights: Path, tmp_pat
 
 def test_a_frame_folder_holding_its_mask_never_takes_it_as_a_frame(segment, tmp_path: Path) -> None:
     images, labels = make_sample.make_clip(3, H, W, 2, seed=1)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    folder = write_frames(tmp_path / "frames", images)
     mask = write_palette_mask(folder / "zz_mask.png", labels[0])  # sorts after the frames
     (folder / "notes.txt").write_text("not a frame")
     out = tmp_path / "out"

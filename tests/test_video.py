@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import iou, make_sample, write_palette_mask, write_video
+from conftest import iou, make_sample, write_frames, write_palette_mask, write_video
 from PIL import Image
 
 from vosrr.video import DEFAULT_FPS, OutputError, OverlayWriter, VideoError, open_video, prefetch
@@ -55,10 +55,7 @@ def test_fps_option_overrides_the_stream(images, tmp_path: Path) -> None:
 
 
 def test_frame_folder_round_trip(images, tmp_path: Path) -> None:
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    folder = write_frames(tmp_path / "frames", images)
     (folder / "notes.txt").write_text("ignored")
     (folder / ".hidden.png").write_bytes(b"ignored too")
     info, frames = open_video(folder)
