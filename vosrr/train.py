@@ -373,7 +373,10 @@ def evaluate_episodes(
     ious = []
     with torch.no_grad():
         for _, start, count in videos:
-            rows = [start, *range(start + every, start + count, every)]
+            if count < 2:  # a single frame: nothing to propagate to
+                continue
+            step = min(every, count - 1)  # a short video is still checked on a later frame
+            rows = [start, *range(start + step, start + count, step)]
             view = cache.views[0]
             levels = [lv[rows].float().to(device) for lv in view.levels]
             Y = view.Y[rows].float().to(device)
@@ -386,7 +389,7 @@ def evaluate_episodes(
             v = valid[1:]
             inter, union = (pred * gt * v).sum(-1), ((pred + gt).clamp(max=1) * v).sum(-1)
             ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean().item())
-    return {"val_iou": float(np.mean(ious))}
+    return {"val_iou": float(np.mean(ious))} if ious else {}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -510,8 +513,8 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
             "train_config": _plain(asdict(config)),
         }
         save_checkpoint(config.out / "last.pt", model, **extra)
-        if score > best:
-            best = score
+        if score > best or not (config.out / "best.pt").exists():
+            best = max(best, score)
             save_checkpoint(config.out / "best.pt", model, **extra)
     return config.out / "best.pt"
 
