@@ -811,3 +811,32 @@ def test_weights_that_are_not_a_checkpoint_file(segment, clip, weights: Path, tm
     args = ["segment", str(video), "-m", str(mask), "-o", str(tmp_path / "out"), "--weights", str(target)]
     line = fails(runner.invoke(app, [*args, "--device", "cpu"]), ExitCode.WEIGHTS, *words)
     assert "could run code" not in line and "not found" not in line
+
+
+def test_an_encoder_file_without_its_index_is_never_kept(clip, tmp_path: Path) -> None:
+    from vosrr.video import check_complete
+
+    video, _, _ = clip
+    check_complete(video)  # a whole mp4
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # what a full disk leaves: no moov atom
+    with pytest.raises(OSError, match="incomplete"):
+        check_complete(cut)
+
+
+def test_a_full_disk_leaves_no_corrupt_overlay(segment, tmp_path: Path) -> None:
+    """A small tmpfs fills up while the overlay is written: one error line, exit 5, no file under its name."""
+    images, labels = make_sample.make_clip(40, 240, 320, 2, seed=4)
+    video = write_video(tmp_path / "long.mp4", images)
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a machine that allows mounts)")
+    try:
+        out = small / "out"
+        fails(segment(video, "-m", mask, "-o", out, "--no-masks"), ExitCode.OUTPUT, "overlay.mp4", "space")
+        assert not (out / "overlay.mp4").exists() and leftovers(out) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

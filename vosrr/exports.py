@@ -31,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from vosrr.masks import MaskFormat, atomic_save
-from vosrr.video import OutputError, VideoInfo, ffmpeg_path
+from vosrr.video import OutputError, VideoInfo, check_complete, ffmpeg_path
 
 __all__ = [
     "ALPHA_VIDEO",
@@ -277,7 +277,7 @@ class _AlphaSink:
                 pix_fmt_out="yuva444p10le",
                 macro_block_size=1,
                 quality=None,
-                ffmpeg_log_level="error",
+                ffmpeg_log_level="quiet",  # failures: check_complete, one line
                 output_params=["-profile:v", "4444", "-alpha_bits", "16", "-vendor", "apl0"],
             )
             self._encoder.send(None)
@@ -289,6 +289,7 @@ class _AlphaSink:
                 if self._encoder is not None:
                     self._encoder.close()
                 if ok and self._work.frames > 0:
+                    check_complete(self.tmp)  # ProRes in a .mov: its index is written last
                     os.replace(self.tmp, self.path)
             finally:
                 self.tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -167,6 +168,20 @@ def ffmpeg_path(path: Path) -> str:
     return f"file:{Path(path).absolute()}"
 
 
+def check_complete(path: Path) -> None:
+    """Raise ``OSError`` when the video file an encoder just closed cannot be opened (its index was never written:
+    the disk filled up, say); ffmpeg itself exits without a word to the caller."""
+    try:
+        with _quiet_reader():
+            reader = imageio_ffmpeg.read_frames(ffmpeg_path(path))
+            reader.__next__()
+            reader.close()
+    except (OSError, RuntimeError, StopIteration, ValueError) as error:
+        free = shutil.disk_usage(Path(path).parent).free
+        why = "no space left on the device" if free < 1 << 20 else _last_line(str(error)) or "unreadable"
+        raise OSError(f"the encoder's file is incomplete ({why})") from error
+
+
 @contextlib.contextmanager
 def _quiet_reader() -> Iterator[None]:
     """Keep imageio-ffmpeg's own log lines (a rotated video's "The frame size for reading ... is different",
@@ -317,7 +332,7 @@ class OverlayWriter:
                 pix_fmt_out="yuv420p",
                 macro_block_size=2,
                 quality=self.quality,
-                ffmpeg_log_level="error",
+                ffmpeg_log_level="quiet",  # its failures are found by check_complete, and said in one line
                 output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
                 audio_path=None if self.audio is None else ffmpeg_path(self.audio),
                 audio_codec=None if self.audio is None else "aac",
@@ -358,6 +373,12 @@ class OverlayWriter:
             self._thread.join()
         finally:
             done = not self._thread.is_alive() and self._error is None and self.frames > 0
+            if done and self.tmp.exists():
+                try:
+                    check_complete(self.tmp)
+                except OSError as error:
+                    self._error = error
+                    done = False
             if done and self.tmp.exists():
                 os.replace(self.tmp, self.path)  # an interrupted run still leaves a playable (shorter) video
             else:
