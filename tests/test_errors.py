@@ -840,3 +840,18 @@ def test_a_full_disk_leaves_no_corrupt_overlay(segment, tmp_path: Path) -> None:
         assert not (out / "overlay.mp4").exists() and leftovers(out) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_black_first_frame_is_warned_about(tmp_path: Path) -> None:
+    """A frame that cannot support a solve (all black) gets a note saying what to do; a normal one does not."""
+    images, labels = make_sample.make_clip(3, 96, 160, 1, seed=2)
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    notes = {}
+    for name, first in (("normal", images[0]), ("black", np.zeros_like(images[0]))):
+        folder = write_frames(tmp_path / name, [first, *images[1:]])
+        args = ["segment", str(folder), "-m", str(mask), "-o", str(tmp_path / f"{name}_out"), "--device", "cpu"]
+        result = runner.invoke(app, args)  # the shipped network: a random one cannot tell anything apart
+        succeeds(result)
+        notes[name] = " ".join(result.output.split())
+    assert "cannot tell the objects from the background" not in notes["normal"]
+    assert "cannot tell the objects from the background" in notes["black"] and "--mask N:FILE" in notes["black"]
