@@ -51,6 +51,18 @@ from vosrr.davis import sequences as davis_sequences
 from vosrr.segmenter import Segmenter
 
 
+def _bar() -> Progress:
+    """The progress bar of the long research jobs (hidden when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
 def train(
     davis: Annotated[Path, typer.Option("--davis", help="DAVIS 2016 root (JPEGImages, Annotations, ImageSets).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: last.pt, best.pt, log.")] = Path("runs/train"),
@@ -121,14 +133,7 @@ def train(
         _fail(ExitCode.USAGE, str(error))
 
     def job() -> None:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as progress:
+        with _bar() as progress:
             best = run_training(config, progress, log=lambda m: _say(str(m)))
         if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
             _say(f"best checkpoint: {best}")
@@ -210,14 +215,7 @@ def evaluate_cmd(
         model, _ = load_model(weights, dev)
         segmenter = Segmenter(model, config, dev)
         names = [s.strip() for s in sequences.split(",")] if sequences else None
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as progress:
+        with _bar() as progress:
             result = evaluate(segmenter, davis, split, out, names, progress)
         table = Table(title=f"DAVIS 2016 {split} ({len(result['sequences'])} sequences, {dev.type})")
         for column in ("sequence", "frames", "J", "F", "J&F", "s/frame"):
