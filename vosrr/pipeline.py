@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
@@ -245,20 +247,21 @@ def _run(
                     sinks = later.enter_context(open_exports(outputs.exports, outputs.folder, info, fmt))
                     if on_start:
                         on_start(info, fmt.num_objects)
-                if outputs.masks:
-                    pending.append(pool.submit(write_mask, outputs.mask_dir / f"{t.index:05d}.png", t.labels, fmt))
-                    while len(pending) > 8 or (pending and pending[0].done()):
-                        pending.popleft().result()
-                if writer is not None:
-                    writer.write(
-                        lambda frame=t.frame, out=t.labels, style=outputs.overlay_style: overlay(
-                            frame, out, colours, style=style
+                with _whole_frame():  # a signal lands between frames: never a mask without its overlay frame
+                    if outputs.masks:
+                        pending.append(pool.submit(write_mask, outputs.mask_dir / f"{t.index:05d}.png", t.labels, fmt))
+                        while len(pending) > 8 or (pending and pending[0].done()):
+                            pending.popleft().result()
+                    if writer is not None:
+                        writer.write(
+                            lambda frame=t.frame, out=t.labels, style=outputs.overlay_style: overlay(
+                                frame, out, colours, style=style
+                            )
                         )
-                    )
-                for sink in sinks:  # frames come in order, 0 to the last
-                    sink.write(t.index, t.frame, t.labels)
-                last = t.index
-                summary.frames += 1
+                    for sink in sinks:  # frames come in order, 0 to the last
+                        sink.write(t.index, t.frame, t.labels)
+                    last = t.index
+                    summary.frames += 1
                 if on_frame:
                     on_frame(t.index)
             sinks.complete = True  # the others close as interrupted or failed: they keep what is finished
@@ -281,6 +284,31 @@ def _run(
                     future.result()
     summary.seconds = time.perf_counter() - tic
     return last
+
+
+@contextlib.contextmanager
+def _whole_frame() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while one frame's outputs are handed out takes effect right after them, so a stopped run
+    keeps whole frames (each mask with its overlay frame and exports). Only in the main thread, where signals are
+    delivered; elsewhere (the annotate page's export) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in saved:
+        signal.signal(number, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:  # the handlers come back even when the frame failed (its error then ends the run anyway)
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    for number in caught:  # now, as it would have been: the handler raises, or the default ends the process
+        handler = saved[number]
+        if callable(handler):
+            handler(number, None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), number)
 
 
 def _check_reference(state: VideoState, timeline: Timeline, summary: Summary) -> None:
