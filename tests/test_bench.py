@@ -12,7 +12,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from vosrr.bench import STAGES, TABLE2_BLOCKS, run_bench, solve_table
+from vosrr.bench import REFERENCES, STAGES, TABLE2_BLOCKS, run_bench, solve_table
 from vosrr.segmenter import Segmenter
 
 
@@ -35,6 +35,14 @@ def test_run_bench_writes_every_number(tiny_weights: Path, tmp_path: Path) -> No
     assert len(result["end_to_end_over_backbone_runs"]) == result["runs"]
     for key in ("backbone_forward_s_per_frame", "end_to_end_over_backbone", "reference_s"):
         assert _positive(result[key]), key
+    assert _positive(result["end_to_end_over_mobilenet_v2"]) and len(result["end_to_end_over_mobilenet_v2_runs"]) == 1
+    assert all(_positive(result["references_s_per_frame"][name]) for name in REFERENCES)
+    assert result["runtime"] in ("torch", "openvino bf16", "openvino f32")
+    chunked = result["chunked"]
+    assert chunked["identical_masks"] is True and chunked["chunk"] > 1
+    assert _positive(chunked["s_per_frame_1"]) and _positive(chunked["s_per_frame_chunk"])
+    first = result["first_mask"]
+    assert 0 < first["first_mask_s"] <= first["five_frames_s"]
     e2e = result["end_to_end"]
     assert e2e["frames"] == 3 and _positive(e2e["s_per_frame"]) and _positive(e2e["fps"])
     assert _positive(result["memory"]["peak_rss_mib"])

@@ -2,13 +2,16 @@
 
 Every stage of the per-frame path is timed in isolation over the same frames (medians over runs):
 
-    decode -> preprocess -> backbone (trunk) -> head -> predict (X W) -> upsample + argmax
+    decode -> preprocess -> network (on its runtime) -> predict (X W) -> upsample + argmax
            -> mask PNG -> overlay blend + encode
 
 then the real pipeline end to end (``segment_video``: decode, PNG and encoder threads overlapping with the
-network, masks and overlay written), its ratio to the bare network forward (trunk + head), and the peak
-memory. Last, the paper's Table 2: the one solve a video needs, at C = 800 and N = 60 x 107 pixels, for
-k = 1, 2, 4, 8 diagonal blocks.
+network, masks and overlay written), its ratio to the network and to torchvision's plain MobileNetV2 ``features``
+on the same frames (a yardstick that does not move with vosrr's own choices), the peak memory, the network under
+torch eager (trunk and head) for comparison with the runtime chosen, the chunked pipeline (several frames per
+network call) against one frame per call, and the time from the command to its first mask on a 5-frame clip.
+Last, the paper's Table 2: the one solve a video needs, at C = 800 and N = 60 x 107 pixels, for k = 1, 2, 4, 8
+diagonal blocks.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from rich.console import Console
@@ -35,19 +41,19 @@ from rich.table import Table
 import vosrr
 from vosrr import solver
 from vosrr.checkpoint import load_model
+from vosrr.feed import GPU_CHUNK
 from vosrr.masks import MaskError, davis_palette, overlay, write_mask
 from vosrr.pipeline import Outputs, load_reference, segment_video
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import FRAME_SUFFIXES, OverlayWriter, VideoError, VideoInfo, open_video
 
-__all__ = ["STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
+__all__ = ["REFERENCES", "STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
 
 #: the per-frame stages, in the order a frame goes through them
 STAGES = (
     "decode",
     "preprocess",
-    "backbone",
-    "head",
+    "network",
     "predict",
     "window",
     "upsample_argmax",
@@ -55,11 +61,12 @@ STAGES = (
     "mask_png",
     "overlay_encode",
 )
+#: timed beside the stages, as yardsticks: phi's trunk and head under torch eager, torchvision's plain MobileNetV2
+REFERENCES = ("torch_trunk", "torch_head", "mobilenet_v2")
 _STAGE_NAMES = {
     "decode": "decode",
     "preprocess": "preprocessing",
-    "backbone": "backbone (trunk)",
-    "head": "head",
+    "network": "network (trunk + head, on the runtime chosen)",
     "predict": "predict (X W)",
     "window": "window prior",
     "upsample_argmax": "upsampling + decision (margin, refinement and part filter when on)",
@@ -208,6 +215,14 @@ def _first_frames(video: Path, count: int) -> tuple[VideoInfo, list[np.ndarray]]
 
 
 # ----------------------------------------------------------------------------------------- stages
+def _plain_mobilenet_v2(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchvision's MobileNetV2 ``features`` (random weights: the time does not depend on them), eval mode, float32
+    NCHW, as a user of torchvision would run it; on a GPU under the same autocast as phi."""
+    from torchvision.models import mobilenet_v2
+
+    return mobilenet_v2(weights=None).features.eval().to(device)
+
+
 def _time_stages(
     segmenter: Segmenter,
     source: Path,
@@ -239,9 +254,9 @@ def _time_stages(
         images = [segmenter.feed.image(frame, work) for frame in cache]
         with segmenter.feed.autocast():
             levels = [model.trunk(image) for image in images]
-            embedded = [model.embed(level) for level in levels]
-        features = [X.flatten(2).transpose(1, 2)[0].float() for X in embedded]
+        features = [segmenter.feed.batch([frame], work)[0] for frame in cache]
         scores = [segmenter.scores(state, X) for X in features]
+    plain = _plain_mobilenet_v2(device)
     outs = [segmenter.labels(state, P) for P in scores]
     colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
     masks_dir = scratch / "stage_masks"
@@ -250,15 +265,23 @@ def _time_stages(
     def preprocess(i: int) -> None:
         segmenter.feed.image(cache[i % n], work)
 
-    def backbone(i: int) -> None:
+    def network(i: int) -> None:
+        with torch.inference_mode(), segmenter.feed.autocast():
+            segmenter.feed.network(images[i % n])
+
+    def torch_trunk(i: int) -> None:
         with torch.inference_mode(), segmenter.feed.autocast():
             model.trunk(images[i % n])
 
-    def head(i: int) -> None:
+    def torch_head(i: int) -> None:
         with torch.inference_mode():
             with segmenter.feed.autocast():
                 X = model.embed(levels[i % n])
             X.flatten(2).transpose(1, 2)[0].float()
+
+    def mobilenet_v2(i: int) -> None:
+        with torch.inference_mode(), segmenter.feed.autocast():
+            plain(images[i % n].contiguous())
 
     def predict(i: int) -> None:
         with torch.inference_mode():
@@ -281,15 +304,17 @@ def _time_stages(
 
     timed: dict[str, Callable[[int], None]] = {
         "preprocess": preprocess,
-        "backbone": backbone,
-        "head": head,
+        "network": network,
+        "torch_trunk": torch_trunk,
+        "torch_head": torch_head,
+        "mobilenet_v2": mobilenet_v2,
         "predict": predict,
         "window": window,
         "upsample_argmax": upsample,
         "online": online,
         "mask_png": png,
     }
-    results: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    results: dict[str, list[float]] = {stage: [] for stage in (*STAGES, *REFERENCES)}
     for run in range(runs):
         log(f"stages: run {run + 1}/{runs}")
         # decode: the whole stream, as the pipeline's decode thread sees it (process start included)
@@ -356,6 +381,76 @@ def _end_to_end(
     if device.type == "cuda":
         result["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
     return result
+
+
+def _chunked(segmenter: Segmenter, source: Path, mask: Path, runs: int, scratch: Path, chunk: int) -> dict[str, Any]:
+    """The pipeline (masks written, no overlay) with one frame per network call and with ``chunk``, paired in each
+    run; whether the two give the same masks, byte for byte."""
+    # the inference copy again (folding is idempotent, so the runtime's cached conversion is found)
+    chunked = Segmenter(segmenter.model, replace(segmenter.config, chunk=chunk), segmenter.device)
+    single = Segmenter(segmenter.model, replace(segmenter.config, chunk=1), segmenter.device)
+    seconds: dict[int, list[float]] = {1: [], chunk: []}
+    same = True
+    for run in range(runs):
+        folders = {}
+        for size, seg in ((1, single), (chunk, chunked)):
+            folders[size] = scratch / f"chunk_{size}_{run}"
+            summary = segment_video(seg, source, mask, Outputs(folders[size], overlay=False))
+            seconds[size].append(summary.seconds_per_frame)
+        names = sorted(p.name for p in (folders[1] / "masks").iterdir())
+        same = same and all(
+            (folders[1] / "masks" / name).read_bytes() == (folders[chunk] / "masks" / name).read_bytes()
+            for name in names
+        )
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "chunk": chunk,
+        "s_per_frame_1": _median(seconds[1]),
+        "s_per_frame_chunk": _median(seconds[chunk]),
+        "runs_1": seconds[1],
+        "runs_chunk": seconds[chunk],
+        "identical_masks": same,
+    }
+
+
+def _first_mask(
+    cache: list[np.ndarray],
+    mask: Path,
+    runs: int,
+    scratch: Path,
+    weights: Path | None,
+    config: SegmentConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Seconds from starting ``vosrr segment`` (a new process) on a 5-frame PNG clip, ``--no-overlay``, to its
+    first mask file and to its exit: what a user waits for on a short clip (imports, weights, runtime, solve)."""
+    clip = scratch / "five_frames"
+    clip.mkdir(exist_ok=True)
+    for index in range(5):
+        cv2.imwrite(str(clip / f"{index:05d}.png"), cv2.cvtColor(cache[index % len(cache)], cv2.COLOR_RGB2BGR))
+    command = [sys.executable, "-m", "vosrr.entry", "segment", str(clip), "--mask", str(mask), "--no-overlay"]
+    command += ["--device", str(device), "--runtime", config.runtime, "--max-side", str(config.max_side or 4096)]
+    command += ["--weights", str(weights)] if weights is not None else []
+    first: list[float] = []
+    total: list[float] = []
+    for run in range(runs):
+        out = scratch / f"first_mask_{run}"
+        target = out / "masks" / "00000.png"
+        tic = time.perf_counter()
+        process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen = None
+        while process.poll() is None:
+            if seen is None and target.exists():
+                seen = time.perf_counter() - tic
+            time.sleep(0.002)
+        total.append(time.perf_counter() - tic)
+        if process.returncode != 0:
+            error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+            raise RuntimeError(f"vosrr segment on the 5-frame clip failed ({process.returncode}): {error}")
+        first.append(seen if seen is not None else total[-1])
+        shutil.rmtree(out, ignore_errors=True)
+    return {"first_mask_s": _median(first), "five_frames_s": _median(total), "runs_first": first, "runs_total": total}
 
 
 def _merge_end_to_end(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -468,8 +563,13 @@ def _print_stages(console: Console, result: dict[str, Any]) -> None:
         s = stages[stage]
         table.add_row(_STAGE_NAMES[stage], f"{1e3 * s:.2f}", f"{1 / max(s, 1e-12):.1f}", f"{100 * s / e2e:.0f}%")
     table.add_section()
-    forward = result["backbone_forward_s_per_frame"]
-    table.add_row("network forward (trunk + head)", f"{1e3 * forward:.2f}", f"{1 / forward:.1f}", "")
+    references = result["references_s_per_frame"]
+    rows = (
+        ("network under torch eager (trunk + head)", references["torch_trunk"] + references["torch_head"]),
+        ("torchvision MobileNetV2 features (plain, float32)", references["mobilenet_v2"]),
+    )
+    for name, s in rows:
+        table.add_row(name, f"{1e3 * s:.2f}", f"{1 / max(s, 1e-12):.1f}", "")
     table.add_row(
         "end to end (segment_video)",
         f"{1e3 * e2e:.2f}",
@@ -479,9 +579,19 @@ def _print_stages(console: Console, result: dict[str, Any]) -> None:
     )
     console.print(table)
     memory = result["memory"]
+    chunked = result["chunked"]
+    first = result["first_mask"]
     lines = [
-        f"end to end / network forward: [bold]{result['end_to_end_over_backbone']:.2f}x[/] "
+        f"runtime: [bold]{result['runtime']}[/]",
+        f"end to end / network: [bold]{result['end_to_end_over_backbone']:.2f}x[/] "
         f"(median of each run's ratio: {', '.join(f'{r:.2f}' for r in result['end_to_end_over_backbone_runs'])})",
+        f"end to end / torchvision MobileNetV2 features: [bold]{result['end_to_end_over_mobilenet_v2']:.2f}x[/] "
+        f"(each run: {', '.join(f'{r:.2f}' for r in result['end_to_end_over_mobilenet_v2_runs'])})",
+        f"chunked pipeline, no overlay: {1e3 * chunked['s_per_frame_1']:.1f} ms/frame with 1 frame per network call, "
+        f"{1e3 * chunked['s_per_frame_chunk']:.1f} with {chunked['chunk']}; masks "
+        + ("identical" if chunked["identical_masks"] else "[bold red]differ[/]"),
+        f"first mask of a 5-frame clip (a new `vosrr segment` process, --no-overlay): [bold]"
+        f"{first['first_mask_s']:.2f} s[/], all 5 frames and exit {first['five_frames_s']:.2f} s",
         f"reference frame (features + statistics + solve, once per video): {1e3 * result['reference_s']:.1f} ms",
         f"peak RSS: {memory['peak_rss_mib']:.0f} MiB for the whole benchmark"
         + (
@@ -576,6 +686,7 @@ def run_bench(
             flip=segmenter.config.flip,  # the stage timings are of one pass; end to end includes the mirror's
             online=segmenter.config.online,
             amp_dtype=str(segmenter.feed.amp_dtype).removeprefix("torch.") if segmenter.feed.amp_dtype else None,
+            runtime=segmenter.feed.runtime,
         )
         with tempfile.TemporaryDirectory(prefix="vosrr-bench-") as tmp:
             scratch = Path(tmp)
@@ -588,6 +699,7 @@ def run_bench(
             per_run: dict[str, list[float]] = {}
             e2e_runs: list[dict[str, Any]] = []
             ratios: list[float] = []
+            yardstick: list[float] = []
             meta: dict[str, Any] = {}
             for run in range(runs):
                 log(f"run {run + 1}/{runs}: stages, then end to end")
@@ -595,17 +707,25 @@ def run_bench(
                 for stage, values in one.items():
                     per_run.setdefault(stage, []).extend(values)
                 e2e_runs.append(_end_to_end(segmenter, source, Path(mask), 1, scratch, _quiet))
-                ratios.append(e2e_runs[-1]["s_per_frame"] / max(one["backbone"][0] + one["head"][0], 1e-12))
+                ratios.append(e2e_runs[-1]["s_per_frame"] / max(one["network"][0], 1e-12))
+                yardstick.append(e2e_runs[-1]["s_per_frame"] / max(one["mobilenet_v2"][0], 1e-12))
             result.update(meta)
-            result["stages_s_per_frame"] = {stage: _median(values) for stage, values in per_run.items()}
+            medians = {stage: _median(values) for stage, values in per_run.items()}
+            result["stages_s_per_frame"] = {stage: medians[stage] for stage in STAGES}
+            result["references_s_per_frame"] = {stage: medians[stage] for stage in REFERENCES}
             result["stage_runs"] = per_run
-            stages = result["stages_s_per_frame"]
-            result["backbone_forward_s_per_frame"] = stages["backbone"] + stages["head"]
+            result["backbone_forward_s_per_frame"] = medians["network"]
             cuda_stage_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
             e2e = _merge_end_to_end(e2e_runs)
+            log("chunked pipeline, then the first mask of a 5-frame clip")
+            result["chunked"] = _chunked(segmenter, source, Path(mask), runs, scratch, GPU_CHUNK)
+            _, cache = _first_frames(source, 5)
+            result["first_mask"] = _first_mask(cache, Path(mask), runs, scratch, weights, segmenter.config, device)
         result["end_to_end"] = e2e
         result["end_to_end_over_backbone"] = _median(ratios)
         result["end_to_end_over_backbone_runs"] = ratios
+        result["end_to_end_over_mobilenet_v2"] = _median(yardstick)
+        result["end_to_end_over_mobilenet_v2_runs"] = yardstick
         result["memory"] = {
             "peak_rss_mib": _rss_peak_mib(),
             "end_to_end_peak_rss_mib": e2e.get("peak_rss_mib"),

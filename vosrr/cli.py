@@ -35,6 +35,7 @@ from vosrr.cli_base import (
     Mirror,
     Online,
     Refine,
+    RuntimeOption,
     Scale,
     Weights,
     Window,
@@ -44,6 +45,7 @@ from vosrr.cli_base import (
     _say,
     _segment_config,
     app,
+    check_runtime,
     console,
     pick_device,
 )
@@ -127,6 +129,7 @@ def segment(
     scale: Scale = _DEFAULT.scale,
     flip: Flip = None,
     accurate: Accurate = False,
+    runtime: RuntimeOption = _DEFAULT.runtime,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
     ] = None,
@@ -167,6 +170,7 @@ def segment(
         min_part=min_part,
         margin=margin,
         between=between,
+        runtime=runtime,
     )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")
@@ -182,6 +186,7 @@ def segment(
         _fail(ExitCode.USAGE, f"--export: {error}")
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force, exports=exports, overlay_style=overlay_style)
     dev = pick_device(device)
+    check_runtime(config.runtime, dev)
 
     def load() -> Segmenter:  # called by segment_video once the video and the mask are known to be good
         model, _ = load_model(weights, dev)

@@ -23,6 +23,7 @@ from vosrr.checkpoint import (
 from vosrr.davis import DavisError
 from vosrr.masks import MaskError
 from vosrr.pipeline import OutputError
+from vosrr.runtime import RUNTIMES, RuntimeUnavailableError, resolve_runtime
 from vosrr.segmenter import AnnotationError, SegmentConfig
 from vosrr.video import VideoError
 
@@ -57,6 +58,7 @@ _ERRORS: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (WeightsError, ExitCode.WEIGHTS),
     (OutputError, ExitCode.OUTPUT),
     (DavisError, ExitCode.DATASET),
+    (RuntimeUnavailableError, ExitCode.DEVICE),
 )
 
 
@@ -119,6 +121,16 @@ def pick_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         _fail(ExitCode.DEVICE, "--device mps was asked for but MPS is not available; use --device cpu")
     return device
+
+
+def check_runtime(runtime: str, device: torch.device) -> None:
+    """Refuse, before any work, a ``--runtime`` that is unknown (exit 2) or cannot run on ``device`` (exit 6)."""
+    if runtime not in RUNTIMES:
+        _fail(ExitCode.USAGE, f"unknown --runtime {runtime!r}; use {', '.join(RUNTIMES)}")
+    try:
+        resolve_runtime(runtime, device)  # type: ignore[arg-type]  (checked above)
+    except RuntimeUnavailableError as error:
+        _fail(ExitCode.DEVICE, str(error))
 
 
 def _seed(seed: int) -> None:
@@ -197,6 +209,14 @@ BetweenOption = Annotated[
         "blended by distance) or forward (from the earlier one only).",
     ),
 ]
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="What runs the network: auto (OpenVINO on a CPU, torch on a GPU), torch, openvino (CPU only; "
+        "bfloat16 where the CPU supports it) or openvino-f32 (CPU only; float32 always).",
+    ),
+]
 Accurate = Annotated[
     bool,
     typer.Option(
@@ -230,6 +250,7 @@ def _segment_config(
     min_part: float = _DEFAULT.min_part,
     margin: float = _DEFAULT.margin,
     between: str = _DEFAULT.between,
+    runtime: str = _DEFAULT.runtime,
 ) -> SegmentConfig:
     """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
@@ -246,6 +267,7 @@ def _segment_config(
             min_part=min_part,
             margin=margin,
             between=between,  # type: ignore[arg-type]  (checked by SegmentConfig)
+            runtime=runtime,  # type: ignore[arg-type]  (checked by SegmentConfig)
         )
     except ValueError as error:
         _fail(ExitCode.USAGE, str(error))
@@ -268,6 +290,7 @@ __all__ = [
     "Mirror",
     "Online",
     "Refine",
+    "RuntimeOption",
     "Scale",
     "T",
     "Weights",
@@ -279,6 +302,7 @@ __all__ = [
     "_seed",
     "_segment_config",
     "app",
+    "check_runtime",
     "console",
     "pick_device",
 ]

@@ -34,6 +34,7 @@ from vosrr.cli_base import (
     Mirror,
     Online,
     Refine,
+    RuntimeOption,
     Scale,
     Weights,
     Window,
@@ -43,6 +44,7 @@ from vosrr.cli_base import (
     _say,
     _seed,
     _segment_config,
+    check_runtime,
     console,
     pick_device,
 )
@@ -175,6 +177,7 @@ def evaluate_cmd(
     scale: Scale = _DEFAULT.scale,
     flip: Flip = None,
     accurate: Accurate = False,
+    runtime: RuntimeOption = _DEFAULT.runtime,
     force: Annotated[
         bool, typer.Option("--force", help="Write into a non-empty --out (overwrites the masks and results.json).")
     ] = False,
@@ -199,8 +202,10 @@ def evaluate_cmd(
         min_part=min_part,
         margin=margin,
         between=between,
+        runtime=runtime,
     )
     dev = pick_device(device)
+    check_runtime(config.runtime, dev)
 
     def job() -> None:
         present = {seq.name for seq in davis_sequences(davis, split)}  # a bad DAVIS folder fails before the model
@@ -257,6 +262,7 @@ def bench(
     scale: Scale = _DEFAULT.scale,
     flip: Flip = None,
     accurate: Accurate = False,
+    runtime: RuntimeOption = _DEFAULT.runtime,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's, one per core).")
     ] = None,
@@ -279,8 +285,10 @@ def bench(
         max_side=max_side,
         scale=scale,
         flip=flip,
+        runtime=runtime,
     )
     dev = pick_device(device)
+    check_runtime(config.runtime, dev)
     if threads is not None:
         torch.set_num_threads(threads)
     _guard(debug, lambda: run_bench(video, mask, frames, runs, out, weights, dev, solve_only, Console(), config=config))

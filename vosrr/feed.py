@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from vosrr.embedding import Phi, padded_size
+from vosrr.runtime import Network, network
 from vosrr.state import SegmentConfig
 
 __all__ = ["Feed", "fold_batchnorm", "resize_frame"]
@@ -55,6 +56,10 @@ class Feed:
         # per-channel normalisation for the CPU input path (the same float32 values as Embedder.preprocess)
         self._mean = (*self.model.mean.flatten().tolist(), 0.0)
         self._std = (*self.model.std.flatten().tolist(), 1.0)
+        self.network: Network
+        """phi as it runs (torch, or a runtime made for CPU inference)"""
+        self.network, self.runtime = network(self.model, config.runtime, self.device)
+        """the runtime's name as users see it (``torch``, ``openvino bf16``, ...)"""
         default = GPU_CHUNK if self.device.type == "cuda" else CPU_CHUNK
         self.chunk = config.chunk or default
         """frames per network batch in ``chunks``"""
@@ -114,7 +119,7 @@ class Feed:
             if self.config.flip:
                 images = torch.cat([images, images.flip(-1)])
             with self.autocast():
-                X = self.model(images.contiguous(memory_format=torch.channels_last))
+                X = self.network(images.contiguous(memory_format=torch.channels_last))
             if self.config.flip:
                 X = (X[:b] + X[b:].flip(-1)) / 2
             return X.flatten(2).transpose(1, 2).float()

@@ -76,6 +76,9 @@ class SegmentConfig:
     a mask's cell, and a correction's strokes count for little against a whole annotated frame)"""
     chunk: int | None = None
     """frames per network batch while propagating (None: 16 on a GPU, 1 on a CPU); masks do not depend on it"""
+    runtime: Literal["auto", "torch", "openvino", "openvino-f32"] = "auto"
+    """what runs the network: torch, or OpenVINO on a CPU (bfloat16 where the CPU supports it; ``openvino-f32``:
+    float32 always); auto: OpenVINO on a CPU when installed, else torch"""
 
     def __post_init__(self) -> None:
         for item in fields(self):  # nan and inf pass every comparison below, so refuse them first
@@ -110,6 +113,8 @@ class SegmentConfig:
             raise ValueError(f"balance_cap must be >= 0 (0: none), got {self.balance_cap}")
         if not 0 <= self.scribble_rounds <= 20:
             raise ValueError(f"scribble_rounds must be between 0 and 20, got {self.scribble_rounds}")
+        if self.runtime not in ("auto", "torch", "openvino", "openvino-f32"):
+            raise ValueError(f"runtime must be auto, torch, openvino or openvino-f32, got {self.runtime!r}")
         if self.chunk is not None and not 1 <= self.chunk <= 256:
             raise ValueError(f"chunk must be between 1 and 256 frames, got {self.chunk}")
 
