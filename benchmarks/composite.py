@@ -2,7 +2,7 @@
 
     python benchmarks/composite.py --davis /work/davis/DAVIS --out /tmp/composite [--seed 0] [--force]
     vosrr eval --davis /tmp/composite --split composite --out runs/composite
-    python benchmarks/composite.py --swaps runs/composite --composite /tmp/composite
+    python benchmarks/composite.py --swaps runs/composite --composite /tmp/composite [--single weights/vosrr_mnv2.json]
 
 **Building.** Every sequence of the split (val) hosts one composite video of the host's length. Its object 1
 is the host's own object; objects 2..K (K = 2..4) are objects of *other* sequences of the same split, cut out
@@ -56,6 +56,7 @@ __all__ = [
     "Cut",
     "Paste",
     "Video",
+    "breakdown",
     "build",
     "check_swaps",
     "plan_video",
@@ -440,6 +441,40 @@ def check_swaps(composite: Path, masks: Path, run: int = 5) -> list[dict[str, An
     return rows
 
 
+def breakdown(composite: Path, results: dict[str, Any], single: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Where the composites' J&F comes from: ``vosrr eval``'s ``results`` on the composites against ``single``
+    (its ``sequences`` rows: the same network's single-object DAVIS 2016 scores, e.g. ``weights/*.json``'s
+    ``davis2016_val``). Rows: all objects; host objects and pasted ones, each beside the single-object J&F of
+    the sequences they come from; twins and other pastes; videos of 2, 3 and 4 objects. Each row holds the
+    number of objects ``n``, mean ``J``, ``F``, ``JF`` and ``single`` (the single-object J&F of the same
+    objects' sequences)."""
+    manifest = json.loads((Path(composite) / "composite.json").read_text())
+    groups: dict[str, list[tuple[dict[str, float], str]]] = {}
+    for video in manifest["videos"]:
+        row = results["sequences"].get(video["name"])
+        if row is None:
+            continue
+        sources = {1: video["host"], **{p["id"]: p["source"] for p in video["pastes"]}}
+        twins = {p["id"] for p in video["pastes"] if p["twin"] is not None}
+        for key, scores in row["objects"].items():
+            k = int(key)
+            names = ["all objects", "host objects" if k == 1 else "pasted objects"]
+            if k != 1:
+                names.append("pasted, look-alike twins" if k in twins else "pasted, no twin")
+            names.append(f"videos of {len(sources)} objects")
+            for name in names:
+                groups.setdefault(name, []).append((scores, sources[k]))
+    table = {}
+    for name in sorted(groups, key=lambda n: (not n.startswith("all"), n.startswith("videos"), n)):
+        members = groups[name]
+        table[name] = {
+            "n": float(len(members)),
+            **{m: float(np.mean([scores[m] for scores, _ in members])) for m in ("J", "F", "JF")},
+            "single": float(np.mean([single["sequences"][source]["JF"] for _, source in members])),
+        }
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--davis", type=Path, help="DAVIS 2016 root (JPEGImages, Annotations, ImageSets)")
@@ -450,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swaps", type=Path, help="swap check: vosrr eval's --out folder of the composites")
     parser.add_argument("--composite", type=Path, help="swap check: the composites' folder")
     parser.add_argument("--run", type=int, default=5, help="swap check: consecutive frames that make a swap")
+    parser.add_argument(
+        "--single",
+        type=Path,
+        help="with --swaps: a weights/*.json record; also print where the J&F comes from against its "
+        "single-object DAVIS 2016 val scores",
+    )
     args = parser.parse_args(argv)
     if args.swaps is not None:
         if args.composite is None:
@@ -472,6 +513,15 @@ def main(argv: list[str] | None = None) -> int:
             f"any pair: {sum(r['swapped'] for r in rows)} of {len(rows)} directions"
         )
         (args.swaps / "swaps.json").write_text(json.dumps(rows, indent=1) + "\n")
+        if args.single is not None:
+            results = json.loads((args.swaps / "results.json").read_text())
+            single = json.loads(args.single.read_text())["davis2016_val"]
+            print(f"\n{'objects':<28} {'n':>3} {'J':>5} {'F':>5} {'J&F':>5}  single-object J&F of their sequences")
+            for name, row in breakdown(args.composite, results, single).items():
+                print(
+                    f"{name:<28} {row['n']:>3.0f} {row['J']:>5.1f} {row['F']:>5.1f} {row['JF']:>5.1f}  "
+                    f"{row['single']:.1f}"
+                )
         return 0
     if args.davis is None or args.out is None:
         parser.error("building needs --davis and --out")

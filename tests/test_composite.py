@@ -276,3 +276,26 @@ def test_vosrr_eval_scores_the_composites_per_object(davis: Path, tmp_path: Path
     assert scores["mean"]["objects"] == len(objects) == sum(v.objects for v in videos)
     assert scores["mean"]["J"] == pytest.approx(np.mean([o["J"] for o in objects]))
     assert f"mean of {len(objects)} objects" in result.output
+
+
+def test_breakdown_groups_objects_by_role(davis: Path, tmp_path: Path) -> None:
+    built = tmp_path / "built"
+    videos = composite.build(davis, built, CONFIG)
+    perfect = _copy_as_prediction(built, tmp_path / "perfect")
+    gt = built / "Annotations" / "480p"
+    rows = {}
+    for video in videos:
+        scores = score_objects(gt, perfect, video.name)
+        rows[video.name] = {"objects": {str(k): {"J": j, "F": f, "JF": (j + f) / 2} for k, (j, f) in scores.items()}}
+    single = {"sequences": {"ant": {"JF": 50.0}, "bee": {"JF": 60.0}, "cat": {"JF": 70.0}}}
+    table = composite.breakdown(built, {"sequences": rows}, single)
+    assert table["all objects"]["n"] == sum(v.objects for v in videos)
+    assert table["all objects"]["JF"] == 100.0
+    assert table["host objects"]["n"] == len(videos) == 3
+    assert table["host objects"]["single"] == pytest.approx(60.0)  # each sequence hosts once
+    pasted = [p.source for v in videos for p in v.pastes]
+    assert table["pasted objects"]["n"] == len(pasted)
+    assert table["pasted objects"]["single"] == pytest.approx(np.mean([single["sequences"][s]["JF"] for s in pasted]))
+    twins = sum(p.twin is not None for v in videos for p in v.pastes)
+    assert table["pasted, look-alike twins"]["n"] == twins == 2  # one pair, in the second video
+    assert sum(row["n"] for name, row in table.items() if name.startswith("videos of")) == len(pasted) + 3
