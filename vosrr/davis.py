@@ -1,6 +1,9 @@
 """The DAVIS 2016 layout.
 
 ``JPEGImages/480p/<seq>/*.jpg``, ``Annotations/480p/<seq>/*.png``, ``ImageSets/480p/<split>.txt``.
+A list file names frames (DAVIS 2016: ``/JPEGImages/480p/bear/00000.jpg /Annotations/...``) or sequences, one a
+line (DAVIS 2017, and the multi-object composites of ``benchmarks/composite.py``, whose annotations are palette
+PNGs with ids 1..K).
 """
 
 from __future__ import annotations
