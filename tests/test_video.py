@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -14,7 +16,7 @@ import pytest
 from conftest import iou, make_sample, write_frames, write_palette_mask, write_video
 from PIL import Image
 
-from vosrr.video import DEFAULT_FPS, OutputError, OverlayWriter, VideoError, open_video, prefetch
+from vosrr.video import DEFAULT_FPS, TICKS, OutputError, OverlayWriter, VideoError, open_video, prefetch
 
 
 @pytest.fixture(scope="module")
@@ -221,16 +223,78 @@ def test_a_rotated_video_is_read_upright_and_quietly(tmp_path: Path) -> None:
     assert last.shape == (160, 96) and iou(last, upright[5], 1) > 0.6
 
 
-def test_a_variable_frame_rate_video_gives_each_coded_frame_once(tmp_path: Path) -> None:
-    """Phone videos have variable frame rates: 12 coded frames are 12 frames (not copies up to a fixed rate)."""
-    images, _ = make_sample.make_clip(12, 96, 160, 1, seed=3)
+def _vfr_clip(tmp_path: Path, tone: bool = False) -> tuple[Path, list[np.ndarray], list[np.ndarray]]:
+    """12 frames, 25 fps for 6 then 2 fps (a time base of 1/1000 s), optionally with 3.5 s of a tone."""
+    images, labels = make_sample.make_clip(12, 96, 160, 1, seed=3)
     steady = write_video(tmp_path / "steady.mp4", images)
     video = tmp_path / "vfr.mp4"
     timing = "setpts='if(lt(N,6),N*0.04,0.24+(N-6)*0.5)/TB'"  # 25 fps, then 2 fps
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(steady), "-vf", timing]
-    command += ["-fps_mode", "passthrough", "-enc_time_base", "1/1000", "-video_track_timescale", "1000"]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(steady)]
+    command += ["-f", "lavfi", "-i", "sine=frequency=440:duration=3.5", "-c:a", "aac"] if tone else []
+    command += ["-vf", timing, "-fps_mode", "passthrough", "-enc_time_base", "1/1000", "-video_track_timescale", "1000"]
     subprocess.run([*command, "-c:v", "libx264", str(video)], check=True)
-    _, frames = open_video(video)
+    return video, images, labels
+
+
+def frame_times(video: Path) -> list[Fraction]:
+    """The presentation times of a video file's frames in seconds, as its container stores them (ffmpeg's own
+    packet listing: no decoding, none of vosrr's code)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-map", "0:v:0", "-c", "copy"]
+    listing = subprocess.run([*command, "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
+    base = Fraction(re.search(r"^#tb 0: (\d+/\d+)$", listing, re.MULTILINE)[1])
+    rows = [line.split(",") for line in listing.splitlines() if not line.startswith("#")]
+    return sorted(int(row[2]) * base for row in rows)
+
+
+def test_a_variable_frame_rate_video_gives_each_coded_frame_once(tmp_path: Path) -> None:
+    """Phone videos have variable frame rates: 12 coded frames are 12 frames (not copies up to a fixed rate)."""
+    video, images, _ = _vfr_clip(tmp_path)
+    info, frames = open_video(video)
     decoded = list(frames)
     assert len(decoded) == 12
     assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(decoded, images, strict=True))  # in order
+    assert info.times is not None and [Fraction(info.times.at(i), TICKS) for i in range(12)] == frame_times(video)
+
+
+def test_the_overlay_of_a_variable_frame_rate_video_keeps_its_frame_times(tmp_path: Path) -> None:
+    """The overlay (and alpha.mov) shows each frame when the source does, so the sound stays in step: frame
+    times equal to the source's within one of its ticks (1 ms), every frame once, the sound kept."""
+    video, _, labels = _vfr_clip(tmp_path, tone=True)
+    source = frame_times(video)
+    assert len(source) == 12 and source[7] - source[6] == Fraction(1, 2)  # the clip is variable-rate
+    mask = write_palette_mask(tmp_path / "mask.png", labels[0])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vosrr.cli", "segment", str(video), "-m", str(mask), "-o", str(out)]
+    result = subprocess.run([*command, "--export", "alpha"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for made in (out / "overlay.mp4", out / "alpha.mov"):
+        times = frame_times(made)
+        assert len(times) == 12, (made.name, times)
+        assert max(abs(a - b) for a, b in zip(times, source, strict=True)) <= Fraction(1, 1000), (made.name, times)
+        _, frames = open_video(made)
+        assert sum(1 for _ in frames) == 12
+    listing = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out / "overlay.mp4")],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stderr
+    assert re.search(r"Stream #0:\d.*: Audio: aac", listing), listing
+
+
+def test_a_constant_rate_overlay_keeps_its_rate_and_fps_sets_one(images, tmp_path: Path) -> None:
+    """A constant-rate source gives a constant-rate overlay at its rate; --fps replaces the rate (frames 1/fps
+    apart, whatever the source's times)."""
+    source = write_overlay(tmp_path / "steady.mp4", images, fps=12.5)
+    info, frames = open_video(source)
+    again = tmp_path / "again.mp4"
+    with OverlayWriter(again, info.width, info.height, info.fps, times=info.times) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert frame_times(again) == frame_times(source) == [Fraction(2 * i, 25) for i in range(len(images))]
+    info, frames = open_video(source, fps=5)
+    assert info.times is None
+    with OverlayWriter(again, info.width, info.height, info.fps, times=info.times) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert frame_times(again) == [Fraction(i, 5) for i in range(len(images))]

@@ -31,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from vosrr.masks import MaskFormat, atomic_save
-from vosrr.video import OutputError, VideoInfo, check_complete, ffmpeg_path
+from vosrr.video import OutputError, TimedEncoder, VideoInfo, check_complete, ffmpeg_path
 
 __all__ = [
     "ALPHA_VIDEO",
@@ -248,6 +248,9 @@ class _CutoutSink(_FolderSink):
         atomic_save(self.folder / f"{index:05d}.png", Image.fromarray(cutout(frame, labels), mode="RGBA"))
 
 
+_PRORES = ["prores_ks", "-pix_fmt", "yuva444p10le", "-profile:v", "4444", "-alpha_bits", "16", "-vendor", "apl0"]
+
+
 class _AlphaSink:
     """``alpha.mov``: the cut-out as Apple ProRes 4444 (``prores_ks``, yuva444p10le, 16-bit alpha) in QuickTime.
 
@@ -264,9 +267,16 @@ class _AlphaSink:
         self._work = _Background("alpha", f"writing {path} (--export alpha)")
 
     def write(self, index: int, frame: np.ndarray, labels: np.ndarray) -> None:
-        self._work.submit(self._encode, frame, labels)
+        self._work.submit(self._encode, index, frame, labels)
 
-    def _encode(self, frame: np.ndarray, labels: np.ndarray) -> None:
+    def _encode(self, index: int, frame: np.ndarray, labels: np.ndarray) -> None:
+        times = self.info.times
+        if times is not None:  # a video file: its frames' own times (variable frame rates kept)
+            if self._encoder is None:
+                size = (self.info.width, self.info.height)
+                self._encoder = TimedEncoder(self.tmp, size, self.info.fps, _PRORES, alpha=True)
+            self._encoder.send(cutout(frame, labels), times.at(index))
+            return
         if self._encoder is None:
             self._encoder = imageio_ffmpeg.write_frames(
                 ffmpeg_path(self.tmp),
@@ -278,7 +288,7 @@ class _AlphaSink:
                 macro_block_size=1,
                 quality=None,
                 ffmpeg_log_level="quiet",  # failures: check_complete, one line
-                output_params=["-profile:v", "4444", "-alpha_bits", "16", "-vendor", "apl0"],
+                output_params=_PRORES[3:],
             )
             self._encoder.send(None)
         self._encoder.send(cutout(frame, labels))

@@ -372,4 +372,5 @@ def _maybe_writer(outputs: Outputs, info: VideoInfo) -> OverlayWriter | _NoWrite
     if not outputs.overlay:
         return _NoWriter()
     audio = info.path if info.audio else None  # the input's sound, in step when the frame rate is the input's
-    return OverlayWriter(outputs.overlay_path, info.width, info.height, info.fps, audio=audio)
+    # a video file's overlay keeps its frames' own times (a variable-frame-rate phone video stays in step)
+    return OverlayWriter(outputs.overlay_path, info.width, info.height, info.fps, audio=audio, times=info.times)

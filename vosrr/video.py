@@ -17,7 +17,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ import numpy as np
 
 __all__ = [
     "FRAME_SUFFIXES",
+    "TICKS",
     "VIDEO_SUFFIXES",
+    "FrameTimes",
     "OutputError",
     "OverlayWriter",
     "VideoError",
@@ -41,6 +43,37 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FPS = 24.0
 _WHAT_TO_GIVE = f"give a video file ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames"
+
+
+TICKS = 90_000
+"""Frame timestamps are counted in 1/90000 s: exact for the usual stream time bases (1/600, 1/1000, 1/30000,
+1/90000), within a microsecond of any other."""
+
+
+class FrameTimes:
+    """The presentation times of a video file's frames, in ``TICKS``, recorded as the frames are decoded.
+
+    ``at(i)`` is frame ``i``'s time; a frame whose time was not recorded (yet) continues at the last step.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self._ticks: list[int] = []
+        self._step = max(1, round(TICKS / fps))
+
+    def add(self, tick: int | None) -> None:
+        """Record the next frame's time (``None``: unknown, one step after the last)."""
+        self._ticks.append(self.at(len(self._ticks)) if tick is None else tick)
+
+    def __len__(self) -> int:
+        return len(self._ticks)
+
+    def at(self, index: int) -> int:
+        if index < len(self._ticks):
+            return self._ticks[index]
+        if not self._ticks:
+            return index * self._step
+        step = max(1, self._ticks[-1] - self._ticks[-2]) if len(self._ticks) > 1 else self._step
+        return self._ticks[-1] + (index - len(self._ticks) + 1) * step
 
 
 class VideoError(ValueError):
@@ -64,6 +97,9 @@ class VideoInfo:
     """whether the file has an audio stream (the overlay keeps it)"""
     skipped: tuple[str, ...] = ()
     """files of a frame folder that are not taken as frames (not images, or annotations given with the video)"""
+    times: FrameTimes | None = field(default=None, compare=False)
+    """a video file's own frame times (filled in as it decodes), which the overlay keeps; ``None``: the frames
+    are ``fps`` apart (a frame folder, an image, ``--fps``, or an ffmpeg older than 6.1)"""
 
 
 def frame_files(folder: Path, exclude: Collection[Path] = ()) -> list[Path]:
@@ -159,7 +195,15 @@ def open_video(
     rate = fps or source_rate  # the overlay's; the frame count comes from the source's own rate
     duration = meta.get("duration")
     estimate = round(float(duration) * source_rate) if duration else None
-    return VideoInfo(path, width, height, rate, estimate, has_audio(path)), _decode(path, width, height)
+    times = FrameTimes(source_rate) if fps is None and _reports_frame_times() else None
+    info = VideoInfo(path, width, height, rate, estimate, has_audio(path), times=times)
+    return info, _decode(path, width, height, times)
+
+
+def _reports_frame_times() -> bool:
+    """Whether the bundled ffmpeg can report each frame's time as it decodes (``-stats_enc_pre``: 6.1 and later)."""
+    version = re.match(r"n?(\d+)\.(\d+)", imageio_ffmpeg.get_ffmpeg_version())
+    return version is None or (int(version[1]), int(version[2])) >= (6, 1)  # no number: a recent build
 
 
 def ffmpeg_path(path: Path) -> str:
@@ -205,18 +249,31 @@ def has_audio(path: Path) -> bool:
     return re.search(rb"Stream #\d+:\d+.*: Audio:", listing) is not None
 
 
-def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
-    """Frames of a video file from one ffmpeg process; any decoding error ffmpeg reports ends it with ``VideoError``."""
+def _decode(path: Path, width: int, height: int, times: FrameTimes | None = None) -> Iterator[np.ndarray]:
+    """Frames of a video file from one ffmpeg process; any decoding error ffmpeg reports ends it with ``VideoError``.
+
+    ``times``: each frame's time is recorded there before the frame is yielded (ffmpeg writes it, one line a
+    frame, to a file of its own before the frame reaches the pipe).
+    """
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path)]
     # every coded frame once, with its own timing (a variable-frame-rate phone video is not padded with copies)
-    command += ["-fps_mode", "passthrough", "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+    command += ["-fps_mode", "passthrough", "-pix_fmt", "rgb24", "-vcodec", "rawvideo"]
     size, count, raw = width * height * 3, 0, b""
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory(prefix="vosrr-times-") as folder:
+        stamps = Path(folder) / "times.txt"
+        if times is not None:
+            command += ["-enc_time_base", f"1:{TICKS}", "-stats_enc_pre", ffmpeg_path(stamps)]
+            command += ["-stats_enc_pre_fmt", "{pts}"]
+        command += ["-f", "image2pipe", "-"]
         # its own session: a Ctrl-C reaches Python (which stops cleanly), not the decoder mid-stream
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         assert process.stdout is not None
+        lines = _Lines(stamps)
         try:
             while len(raw := process.stdout.read(size)) == size:
+                if times is not None:
+                    for line in lines.new():
+                        times.add(int(line) if line.lstrip("-").isdigit() else None)
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()
                 count += 1
             process.wait()
@@ -225,6 +282,7 @@ def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
                 process.kill()
                 process.wait()
             process.stdout.close()
+            lines.close()
         log.seek(0)
         problems = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line) for line in log.read().decode(errors="replace").splitlines()]
     problem = next((p for p in problems if p.strip()), None)
@@ -238,6 +296,28 @@ def _decode(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
         raise VideoError(f"{path}: decoding stopped after {count} frames ({problem}); the file is truncated or corrupt")
     if count == 0:
         raise VideoError(f"{path} holds no video frames; {_WHAT_TO_GIVE}")
+
+
+class _Lines:
+    """The complete lines a process has added to a file since the last call (nothing while the file is absent)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._rest = ""
+
+    def new(self) -> list[str]:
+        if self._file is None:
+            try:
+                self._file = self.path.open(encoding="ascii", errors="replace")
+            except FileNotFoundError:
+                return []
+        *lines, self._rest = (self._rest + self._file.read()).split("\n")
+        return lines
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 _DONE = object()
@@ -281,13 +361,115 @@ def prefetch(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarra
                 thread.join(0.05)
 
 
+def _ebml(element: bytes, payload: bytes) -> bytes:
+    """One Matroska (EBML) element: its id, its size (a variable-length number), its payload."""
+    size = len(payload)
+    length = next(n for n in range(1, 9) if size < (1 << (7 * n)) - 1)
+    return element + (size | (1 << (7 * length))).to_bytes(length, "big") + payload
+
+
+def _ebml_uint(element: bytes, value: int) -> bytes:
+    return _ebml(element, value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def _matroska_header(width: int, height: int, fourcc: bytes, fps: float) -> bytes:
+    """A Matroska stream of one raw video track (``fourcc``: ``RGB\\x18`` or ``RGBA``), timestamps in ns.
+
+    ``fps``, the track's nominal rate, gives each frame a duration (the encoder picks its level by it, and the
+    mp4 muxer counts the last frame in by it); the frames' own timestamps still decide when each is shown.
+    """
+    head = _ebml_uint(b"\x42\x86", 1) + _ebml_uint(b"\x42\xf7", 1) + _ebml_uint(b"\x42\xf2", 4)
+    head += _ebml_uint(b"\x42\xf3", 8) + _ebml(b"\x42\x82", b"matroska") + _ebml_uint(b"\x42\x87", 4)
+    head += _ebml_uint(b"\x42\x85", 2)
+    info = _ebml_uint(b"\x2a\xd7\xb1", 1) + _ebml(b"\x4d\x80", b"vosrr") + _ebml(b"\x57\x41", b"vosrr")
+    video = _ebml_uint(b"\xb0", width) + _ebml_uint(b"\xba", height) + _ebml(b"\x2e\xb5\x24", fourcc)
+    track = _ebml_uint(b"\xd7", 1) + _ebml_uint(b"\x73\xc5", 1) + _ebml_uint(b"\x83", 1)
+    track += _ebml_uint(b"\x23\xe3\x83", round(1_000_000_000 / fps))  # DefaultDuration
+    track += _ebml(b"\x86", b"V_UNCOMPRESSED") + _ebml(b"\xe0", video)
+    segment = b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff"  # of unknown size: a stream
+    tracks = _ebml(b"\x16\x54\xae\x6b", _ebml(b"\xae", track))
+    return _ebml(b"\x1a\x45\xdf\xa3", head) + segment + _ebml(b"\x15\x49\xa9\x66", info) + tracks
+
+
+def _matroska_frame(tick: int, frame: np.ndarray) -> bytes:
+    """One frame at ``tick`` (1/TICKS s) as a cluster of its own holding one key block."""
+    nanoseconds = round(tick * 1_000_000_000 / TICKS)
+    block = b"\x81\x00\x00\x80" + frame.tobytes()  # track 1, no offset from the cluster, a key frame
+    return _ebml(b"\x1f\x43\xb6\x75", _ebml_uint(b"\xe7", nanoseconds) + _ebml(b"\xa3", block))
+
+
+class TimedEncoder:
+    """An ffmpeg encoder fed raw frames that each carry their own time, so the video keeps a variable frame
+    rate (imageio-ffmpeg's writer gives every frame the same duration).
+
+    ``send(frame, tick)``: times in 1/TICKS s, increasing (a time not past the last is moved one tick past it).
+    ``close()`` waits for ffmpeg and raises ``OSError`` when it failed. ``codec``: ffmpeg's output options for
+    the video stream; ``audio``: a file whose first audio stream goes in as AAC, cut to the frames sent.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        size: tuple[int, int],
+        fps: float,
+        codec: list[str],
+        alpha: bool = False,
+        audio: Path | None = None,
+    ) -> None:
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-v", "quiet", "-f", "matroska", "-i", "pipe:0"]
+        if audio is not None:
+            command += ["-i", ffmpeg_path(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest"]
+        command += ["-c:v", *codec, "-fps_mode", "passthrough", "-enc_time_base", f"1:{TICKS}"]
+        command += ["-video_track_timescale", str(TICKS), ffmpeg_path(path)]
+        # its own process group, as imageio-ffmpeg's writer: a Ctrl-C stops Python, which closes the file cleanly
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._channels = 4 if alpha else 3
+        self._last: int | None = None
+        self._write(_matroska_header(*size, b"RGBA" if alpha else b"RGB\x18", fps))
+
+    def _write(self, data: bytes) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(data)
+        except BrokenPipeError as error:
+            raise OSError(f"the encoder stopped (ffmpeg exited with status {self._process.wait()})") from error
+
+    def send(self, frame: np.ndarray, tick: int) -> None:
+        if frame.ndim != 3 or frame.shape[2] != self._channels or frame.dtype != np.uint8:
+            raise ValueError(f"a frame must be [H,W,{self._channels}] uint8, not {frame.shape} {frame.dtype}")
+        tick = max(tick, 0 if self._last is None else self._last + 1)
+        self._last = tick
+        self._write(_matroska_frame(tick, np.ascontiguousarray(frame)))
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
+        status = self._process.wait()
+        if status:
+            raise OSError(f"ffmpeg exited with status {status}")
+
+
+def x264_options(quality: int) -> list[str]:
+    """libx264 at imageio-ffmpeg's ``quality`` (0-10, its CRF mapping), yuv420p, the veryfast preset."""
+    return ["libx264", "-pix_fmt", "yuv420p", "-crf", str(int((1 - quality / 10.0) * 51)), "-preset", "veryfast"]
+
+
 class OverlayWriter:
     """Encode frames to an H.264 mp4 in a background thread; the file appears (by rename) only when complete.
 
     Use as a context manager; ``write(frame)`` queues a frame, or a callable returning one (so the
     blending also runs off the main thread). Odd frame sizes are padded by one pixel (H.264 needs even
     sizes). A run that stops early still leaves a playable video of the frames written so far; a failed
-    encoder leaves nothing.
+    encoder leaves nothing. With ``times`` (a video file's own frame times) frame ``i`` keeps the time of the
+    source's frame ``i`` (a variable-frame-rate phone video stays in step with its sound); without, the frames
+    are ``fps`` apart.
     """
 
     def __init__(
@@ -299,8 +481,10 @@ class OverlayWriter:
         depth: int = 8,
         quality: int = 6,
         audio: Path | None = None,
+        times: FrameTimes | None = None,
     ) -> None:
         self.path = Path(path)
+        self.times = times
         self.audio = audio
         """a file whose first audio stream goes into the video (AAC, cut to the frames written)"""
         self.quality = quality
@@ -318,11 +502,15 @@ class OverlayWriter:
         return self
 
     def _work(self) -> None:
-        writer, item = None, None
+        writer: Any = None
+        item: Any = None
         try:
             item = self._queue.get()
             if item is _DONE:
                 return  # no frame: no file
+            if self.times is not None:
+                self._work_timed(item, self.times)
+                return
             writer = imageio_ffmpeg.write_frames(
                 ffmpeg_path(self.tmp),
                 self.size,
@@ -338,13 +526,8 @@ class OverlayWriter:
                 audio_codec=None if self.audio is None else "aac",
             )
             writer.send(None)
-            width, height = self.size
             while item is not _DONE:
-                frame = item() if callable(item) else item
-                if frame.shape[:2] != (height, width):
-                    pad = ((0, height - frame.shape[0]), (0, width - frame.shape[1]), (0, 0))
-                    frame = np.pad(frame, pad, mode="edge")
-                writer.send(np.ascontiguousarray(frame))
+                writer.send(np.ascontiguousarray(self._padded(item() if callable(item) else item)))
                 self.frames += 1
                 item = self._queue.get()
             writer.close()
@@ -355,6 +538,30 @@ class OverlayWriter:
             if writer is not None:
                 with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
                     writer.close()
+
+    def _work_timed(self, item: Any, times: FrameTimes) -> None:
+        encoder: TimedEncoder | None = None
+        try:
+            encoder = TimedEncoder(self.tmp, self.size, self.fps, x264_options(self.quality), audio=self.audio)
+            while item is not _DONE:
+                encoder.send(self._padded(item() if callable(item) else item), times.at(self.frames))
+                self.frames += 1
+                item = self._queue.get()
+            encoder.close()
+        except BaseException as error:
+            self._error = error
+            while item is not _DONE:  # drain so the producer never blocks
+                item = self._queue.get()
+            if encoder is not None:
+                with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
+                    encoder.close()
+
+    def _padded(self, frame: np.ndarray) -> np.ndarray:
+        width, height = self.size
+        if frame.shape[:2] != (height, width):
+            pad = ((0, height - frame.shape[0]), (0, width - frame.shape[1]), (0, 0))
+            frame = np.pad(frame, pad, mode="edge")
+        return frame
 
     def _failure(self) -> OutputError:
         return OutputError(
