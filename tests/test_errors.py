@@ -855,3 +855,22 @@ def test_a_black_first_frame_is_warned_about(tmp_path: Path) -> None:
         notes[name] = " ".join(result.output.split())
     assert "cannot tell the objects from the background" not in notes["normal"]
     assert "cannot tell the objects from the background" in notes["black"] and "--mask N:FILE" in notes["black"]
+
+
+def test_a_rotated_video_with_a_mask_at_its_coded_size_is_told_to_rotate_it(segment, tmp_path: Path) -> None:
+    """A phone video stored 160x96 and shown 96x160 (rotation metadata), with a mask drawn on the stored frame:
+    rotating the mask is the fix, not --resize-mask (which would squash it); nothing is written."""
+    images, labels = make_sample.make_clip(4, 96, 160, 1, seed=2)
+    coded = write_video(tmp_path / "coded.mp4", images)
+    video = tmp_path / "phone.mp4"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    command = [ffmpeg, "-v", "error", "-y", "-display_rotation", "90", "-i", str(coded), "-c", "copy", str(video)]
+    subprocess.run(command, check=True)
+    mask = write_palette_mask(tmp_path / "coded_mask.png", labels[0])  # 160x96: the stored frame's size
+    out = tmp_path / "out"
+    line = fails(segment(video, "-m", mask, "-o", out), ExitCode.INPUT, "160x96", "96x160", "rotate it")
+    assert "pass --resize-mask" not in line and "would distort" in line
+    assert not out.exists()
+    upright = write_palette_mask(tmp_path / "upright.png", np.ascontiguousarray(np.rot90(labels[0])))
+    succeeds(segment(video, "-m", upright, "-o", out, "--no-overlay"))  # the rotated mask is taken
+    assert read_png(out / "masks" / "00000.png").shape == (160, 96)
