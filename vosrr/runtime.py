@@ -161,6 +161,7 @@ def _load_or_convert(model: Phi, cache: Path, core: object) -> object:
             partial.rename(folder)  # appears whole or not at all; another run may have won the race
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
-    except OSError:
-        pass  # a read-only home, say: the in-memory model is used
-    return converted
+        # read back what later runs will read, so that the first run computes exactly as they do
+        return core.read_model(xml)  # type: ignore[attr-defined]
+    except (OSError, RuntimeError):
+        return converted  # a read-only home, say: the in-memory model is used
