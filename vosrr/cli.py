@@ -15,6 +15,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vosrr.annotations import Mark, marks_in, parse_mark
+from vosrr.batch import (
+    MASK_SUFFIX,
+    BatchError,
+    BatchOptions,
+    Gather,
+    Job,
+    ManifestError,
+    Result,
+    Shard,
+    format_table,
+    is_video_folder,
+    jobs_from_manifest,
+    jobs_from_paths,
+    run_jobs,
+)
 from vosrr.checkpoint import (
     DEFAULT_WEIGHTS,
     load_model,
@@ -54,7 +69,7 @@ from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, pa
 from vosrr.mask_reader import MASK_KINDS
 from vosrr.masks import OVERLAY_STYLES
 from vosrr.pipeline import Outputs, segment_video
-from vosrr.segmenter import Segmenter
+from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import VideoInfo, frame_files
 
 
@@ -83,7 +98,15 @@ def _marks(video: Path, masks: list[str], folder: Path | None, scribbles: list[s
 
 @app.command()
 def segment(
-    video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, avi) or a folder of frames.")],
+    videos: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="VIDEO...",
+            help="Video file (mp4, mov, mkv, avi) or a folder of frames. Several, or a folder of videos: each with "
+            "its <stem>_mask.png beside it (or in --masks DIR), one model, one summary table.",
+            show_default=False,
+        ),
+    ] = None,
     mask: Annotated[
         list[str] | None,
         typer.Option(
@@ -95,7 +118,19 @@ def segment(
     ] = None,
     masks_dir: Annotated[
         Path | None,
-        typer.Option("--masks", help="A folder of masks named by frame (00000.png, 00120.png: the DAVIS layout)."),
+        typer.Option(
+            "--masks",
+            help="A folder of masks named by frame (00000.png, 00120.png: the DAVIS layout). With several videos: "
+            "DIR/<stem>.png (frame 0) or DIR/<stem>/ (named by frame) for each.",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="A CSV with the header video,mask,output (one video a row; relative paths from the CSV's folder; "
+            "empty mask: <stem>_mask.png beside the video, empty output: <stem>_vosrr). Instead of VIDEO.",
+        ),
     ] = None,
     scribble: Annotated[
         list[str] | None,
@@ -113,7 +148,10 @@ def segment(
             "binary (every non-zero pixel one object), soft (one object at half the maximum).",
         ),
     ] = "auto",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <video>_vosrr).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default: <video>_vosrr; several videos: DIR/<stem> each)."),
+    ] = None,
     weights: Weights = None,
     device: Device = "auto",
     blocks: Blocks = 1,
@@ -154,8 +192,17 @@ def segment(
     ] = False,
     debug: Debug = False,
 ) -> None:
-    """Segment the annotated objects (masks or scribbles, at any frames) in every frame of VIDEO."""
-    marks = _marks(video, mask or [], masks_dir, scribble or [], mask_kind)
+    """Segment the annotated objects (masks or scribbles, at any frames) in every frame of VIDEO.
+
+    Several VIDEOs, a folder of videos or --manifest: every video with one model, then a summary table; under
+    torchrun the videos are shared out over its processes (video i to RANK i % WORLD_SIZE, on cuda:LOCAL_RANK).
+    """
+    many = _is_batch(videos or [], manifest)
+    video = (videos or [Path()])[0]
+    jobs = _batch_jobs(videos or [], manifest, mask or [], masks_dir, scribble or [], out) if many else []
+    if many and mask_kind not in MASK_KINDS:
+        _fail(ExitCode.USAGE, f"--mask-kind {mask_kind!r} is not one of {', '.join(MASK_KINDS)}")
+    marks = [] if many else _marks(video, mask or [], masks_dir, scribble or [], mask_kind)
     weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(
         lam=lam,
@@ -184,6 +231,19 @@ def segment(
         exports = parse_exports(export)
     except ValueError as error:
         _fail(ExitCode.USAGE, f"--export: {error}")
+    if many:
+        options = BatchOptions(
+            masks=masks,
+            overlay=overlay,
+            force=force,
+            exports=exports,
+            overlay_style=overlay_style,
+            resize_mask=resize_mask,
+            mask_kind=mask_kind,  # type: ignore[arg-type]  (checked above)
+            fps=fps,
+        )
+        _segment_many(jobs, options, weights, config, device, debug)
+        return
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force, exports=exports, overlay_style=overlay_style)
     dev = pick_device(device)
     check_runtime(config.runtime, dev)
@@ -242,6 +302,148 @@ def segment(
             _fail(ExitCode.INTERRUPTED, f"interrupted after {summary.frames} frames; those are written ({written})")
 
     _guard(debug, job)
+
+
+def _is_batch(videos: list[Path], manifest: Path | None) -> bool:
+    """Several videos, a folder of videos, or a manifest; one video file or frame folder is today's single job."""
+    if not videos and manifest is None:
+        _fail(
+            ExitCode.USAGE,
+            "no video given; pass VIDEO (a video file or a folder of frames), several, or --manifest FILE.csv",
+        )
+    return manifest is not None or len(videos) > 1 or is_video_folder(videos[0])
+
+
+def _batch_jobs(
+    videos: list[Path],
+    manifest: Path | None,
+    mask: list[str],
+    masks_dir: Path | None,
+    scribble: list[str],
+    out: Path | None,
+) -> list[Job]:
+    """The jobs of a batch; options that name one video's files are refused (exit 2), as is a bad manifest (3)."""
+    if manifest is not None:
+        given = [
+            name
+            for name, value in (
+                ("VIDEO", videos),
+                ("--mask", mask),
+                ("--masks", masks_dir),
+                ("--scribble", scribble),
+                ("--out", out),
+            )
+            if value
+        ]
+        if given:
+            _fail(
+                ExitCode.USAGE,
+                f"--manifest lists the videos with their masks and outputs; drop {', '.join(given)} or drop --manifest",
+            )
+        try:
+            return jobs_from_manifest(manifest)
+        except ManifestError as error:
+            _fail(ExitCode.INPUT, str(error))
+        except BatchError as error:
+            _fail(ExitCode.USAGE, str(error))
+    if mask or scribble:
+        what = f"{len(videos)} videos were given" if len(videos) > 1 else f"{videos[0]} is a folder of videos"
+        _fail(
+            ExitCode.USAGE,
+            f"{'--mask' if mask else '--scribble'} is one video's annotation and {what}; give each video its mask as "
+            f"<stem>{MASK_SUFFIX} beside it, as DIR/<stem>.png with --masks DIR, or in a --manifest",
+        )
+    try:
+        return jobs_from_paths(videos, masks_dir, out)
+    except BatchError as error:
+        _fail(ExitCode.USAGE, str(error))
+
+
+def _segment_many(
+    jobs: list[Job], options: BatchOptions, weights: Path | None, config: SegmentConfig, device: str, debug: bool
+) -> None:
+    """Every job with one model (this rank's share under torchrun), a line per video, the summary table on stdout.
+
+    Exits 0 when every video is written, ``PARTIAL`` when some failed (each has its ``error:`` line), 130 after
+    a Ctrl-C (143 after a SIGTERM). Under torchrun rank 0 prints the table of all ranks and exits with the whole
+    batch's code, the other ranks with 0; ranks without a rendezvous (RANK and WORLD_SIZE set by hand) each
+    print and exit for their own share.
+    """
+    try:
+        shard = Shard.from_env()
+        dev = shard.device(device) if device in ("auto", "cuda") else pick_device(device)
+    except BatchError as error:
+        _fail(ExitCode.USAGE, str(error))
+    except ValueError as error:
+        _fail(ExitCode.DEVICE, str(error))
+    check_runtime(config.runtime, dev)
+    who = f"[rank {shard.rank}] " if shard.world > 1 else ""
+    mine = len(shard.take(jobs))
+
+    def load() -> Segmenter:  # once, when the first video has passed its checks
+        model, _ = load_model(weights, dev)
+        return Segmenter(model, config, dev)
+
+    def said(result: Result) -> None:
+        video = str(result.video)
+        for note in result.notes:
+            _say(note if video in note else f"{video}: {note}", "[yellow]note:[/]")
+        if result.status == "ok":
+            rate = 1 / max(result.seconds_per_frame, 1e-9)
+            _say(
+                f"{who}{video}: {result.frames} frames, {result.objects} object(s), {dev.type}, "
+                f"{result.seconds_per_frame:.3f} s/frame ({rate:.1f} fps) -> {result.output}"
+            )
+        elif result.status != "not run":
+            _say(f"{who}{result.error if video in result.error else f'{video}: {result.error}'}", "[bold red]error:[/]")
+
+    def job() -> list[Result]:
+        with (
+            Gather(shard) as group,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:.1f} fps"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal or shard.world > 1,
+            ) as progress,
+        ):
+            task = progress.add_task("starting", total=None, fps=0.0)
+            count = iter(range(1, mine + 1))
+
+            def started(job: Job, info: VideoInfo, objects: int) -> None:
+                progress.reset(task, total=info.frames, description=f"[{next(count)}/{mine}] {job.video.name}", fps=0.0)
+
+            def advanced(index: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 1e-9
+                progress.update(task, advance=1, fps=progress.tasks[task].completed / elapsed)
+
+            results = run_jobs(
+                load,
+                jobs,
+                options,
+                shard=shard,
+                on_start=started,
+                on_frame=advanced,
+                on_result=said,
+                raise_errors=debug,
+            )
+            progress.stop()
+            every = group.gather(results)
+            if shard.rank == 0 or not shard.rendezvous:
+                typer.echo(format_table(every))
+        return every
+
+    every = _guard(debug, job)
+    if shard.rendezvous and shard.rank != 0:  # rank 0 exits with the whole batch's code (torchrun reports it)
+        return
+    if any(r.status in ("interrupted", "not run") for r in every):
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if any(r.status != "ok" for r in every):
+        raise typer.Exit(int(ExitCode.PARTIAL))
 
 
 @app.command()

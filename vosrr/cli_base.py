@@ -48,6 +48,7 @@ class ExitCode(enum.IntEnum):
     OUTPUT = 5  # the output folder cannot be used or written
     DEVICE = 6  # the device asked for is absent, or memory ran out
     DATASET = 7  # the DAVIS folder is missing or incomplete
+    PARTIAL = 8  # several videos: some failed (each has its error line), the others are written
     INTERRUPTED = 130  # Ctrl-C: the frames done so far are written in full
 
 
