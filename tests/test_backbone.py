@@ -87,3 +87,34 @@ def test_checkpoints_without_a_trunk_are_mobilenet_v2(tmp_path: Path) -> None:
 def test_unknown_trunk_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         ModelConfig(trunk="resnet50")
+
+
+def test_mobilenet_v2_is_torchvisions_module_for_module() -> None:
+    """vosrr builds MobileNetV2 itself (no torchvision import at inference); torchvision's weights load into it
+    strictly, under the same names, and give the same levels."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    reference = mobilenet_v2().features.eval()
+    trunk = Trunk("mobilenet_v2").eval()
+    for level, (start, end) in zip(
+        (trunk.level8, trunk.level16, trunk.level32), ((0, 7), (7, 14), (14, 18)), strict=True
+    ):
+        theirs = reference[start:end].state_dict()
+        assert list(level.state_dict()) == list(theirs)
+        level.load_state_dict(theirs, strict=True)
+    image = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = reference[:7](image), reference[:14](image), reference[:18](image)
+        for got, want in zip(trunk(image), expected, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_segment_never_imports_torchvision() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, vosrr.cli, vosrr.checkpoint; vosrr.checkpoint.load_model(None); "
+    code += "print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

