@@ -322,6 +322,19 @@ def test_a_single_video_is_segmented_as_before(clip, tmp_path: Path, tiny_weight
     assert "4 frames, 2 object(s), cpu" in result.stderr and len(mask_files(out)) == 4
 
 
+def test_one_video_with_a_masks_dir_of_the_several_videos_layout(tmp_path: Path, tiny_weights: Path) -> None:
+    """``videos/*.mp4 --masks DIR`` that matches one video finds ``DIR/<stem>.png`` as it would for several."""
+    truth = make_videos(tmp_path / "v", ["a"], mask_folder=tmp_path / "m")
+    args = ["segment", str(tmp_path / "v" / "a.mp4"), "--masks", str(tmp_path / "m"), "--weights", str(tiny_weights)]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--no-overlay"])
+    assert result.exit_code == 0, result.output
+    first = np.asarray(Image.open(tmp_path / "v" / "a_vosrr" / "masks" / "00000.png"))
+    np.testing.assert_array_equal(first, truth["a"])
+    (tmp_path / "m" / "a.png").rename(tmp_path / "m" / "b.png")  # neither layout: the one-video error, as before
+    result = runner.invoke(app, [*args, "--device", "cpu", "--force"])
+    assert result.exit_code == 3 and "holds no masks named by frame" in result.stderr, result.output
+
+
 def test_library_run_jobs_with_a_factory_called_once(tmp_path: Path, tiny_weights: Path) -> None:
     make_videos(tmp_path, ["a", "b"])
     built: list[Segmenter] = []

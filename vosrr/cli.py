@@ -67,7 +67,7 @@ from vosrr.cli_base import (
 from vosrr.cli_research import bench, evaluate_cmd, export, train
 from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
 from vosrr.mask_reader import MASK_KINDS
-from vosrr.masks import OVERLAY_STYLES
+from vosrr.masks import OVERLAY_STYLES, MaskError
 from vosrr.pipeline import Outputs, segment_video
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.video import VideoInfo, frame_files
@@ -90,7 +90,13 @@ def _marks(video: Path, masks: list[str], folder: Path | None, scribbles: list[s
         names = [p.stem for p in frame_files(video)] if video.is_dir() else None
 
         def found() -> list[Mark]:
-            return marks_in(folder, names)
+            try:
+                return marks_in(folder, names)
+            except MaskError:  # no NNNNN.png: the several-videos layout (DIR/<stem>.png, DIR/<stem>/) if it is there
+                own = jobs_from_paths([video], folder)[0]
+                if isinstance(own.annotation, Path) and own.annotation.exists():
+                    return own.marks()
+                raise
 
         marks += _guard(False, found)
     return marks
