@@ -824,8 +824,10 @@ def test_an_encoder_file_without_its_index_is_never_kept(clip, tmp_path: Path) -
         check_complete(cut)
 
 
-def test_a_full_disk_leaves_no_corrupt_overlay(segment, tmp_path: Path) -> None:
-    """A small tmpfs fills up while the overlay is written: one error line, exit 5, no file under its name."""
+@pytest.mark.parametrize("made", ["overlay.mp4", "alpha.mov"])
+def test_a_full_disk_leaves_no_corrupt_overlay(segment, tmp_path: Path, made: str) -> None:
+    """A small tmpfs fills up while the overlay (or alpha.mov) is written: one error line naming the file and
+    the full disk, exit 5, no file under its name."""
     images, labels = make_sample.make_clip(40, 240, 320, 2, seed=4)
     video = write_video(tmp_path / "long.mp4", images)
     mask = write_palette_mask(tmp_path / "mask.png", labels[0])
@@ -836,8 +838,9 @@ def test_a_full_disk_leaves_no_corrupt_overlay(segment, tmp_path: Path) -> None:
         pytest.skip("cannot mount a small tmpfs here (needs root in a machine that allows mounts)")
     try:
         out = small / "out"
-        fails(segment(video, "-m", mask, "-o", out, "--no-masks"), ExitCode.OUTPUT, "overlay.mp4", "space")
-        assert not (out / "overlay.mp4").exists() and leftovers(out) == []
+        only = ["--no-masks"] if made == "overlay.mp4" else ["--no-masks", "--no-overlay", "--export", "alpha"]
+        fails(segment(video, "-m", mask, "-o", out, *only), ExitCode.OUTPUT, made, "no space left")
+        assert not (out / made).exists() and leftovers(out) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
 

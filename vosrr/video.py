@@ -438,7 +438,7 @@ class TimedEncoder:
         try:
             self._process.stdin.write(data)
         except BrokenPipeError as error:
-            raise OSError(f"the encoder stopped (ffmpeg exited with status {self._process.wait()})") from error
+            raise OSError(f"the encoder stopped: {_ffmpeg_failure(self._process.wait())}") from error
 
     def send(self, frame: np.ndarray, tick: int) -> None:
         if frame.ndim != 3 or frame.shape[2] != self._channels or frame.dtype != np.uint8:
@@ -453,7 +453,15 @@ class TimedEncoder:
             self._process.stdin.close()
         status = self._process.wait()
         if status:
-            raise OSError(f"ffmpeg exited with status {status}")
+            raise OSError(_ffmpeg_failure(status))
+
+
+def _ffmpeg_failure(status: int) -> str:
+    """Why ffmpeg exited with ``status``: a negative errno (256 - errno: 228 is a full disk; 255 is a signal)."""
+    code = 256 - status
+    if 1 < code < 128 and os.strerror(code) != f"Unknown error {code}":
+        return os.strerror(code).lower()
+    return f"ffmpeg exited with status {status}"
 
 
 def x264_options(quality: int) -> list[str]:
