@@ -274,7 +274,7 @@ def test_torchrun_gathers_every_rank_into_one_table(tmp_path: Path, tiny_weights
         (["a.mp4", "b.mp4", "--scribble", "s.png"], "--scribble is one video's annotation"),
         (["a.mp4", "--manifest", "jobs.csv"], "--manifest lists the videos with their masks and outputs; drop VIDEO"),
         (["--manifest", "jobs.csv", "--out", "o"], "drop --out or drop --manifest"),
-        ([], "no video given; pass VIDEO"),
+        ([], "Missing argument 'video': pass VIDEO (a video file or a folder of frames), several, or --manifest"),
         (["x/a.mp4", "y/a.mp4", "--out", "o"], "x/a.mp4 and y/a.mp4 would both write to o/a"),
     ],
 )

@@ -107,7 +107,7 @@ def segment(
     videos: Annotated[
         list[Path] | None,
         typer.Argument(
-            metavar="VIDEO...",
+            metavar="VIDEO",
             help="Video file (mp4, mov, mkv, avi) or a folder of frames. Several, or a folder of videos: each with "
             "its <stem>_mask.png beside it (or in --masks DIR), one model, one summary table.",
             show_default=False,
@@ -200,8 +200,7 @@ def segment(
 ) -> None:
     """Segment the annotated objects (masks or scribbles, at any frames) in every frame of VIDEO.
 
-    Several VIDEOs, a folder of videos or --manifest: every video with one model, then a summary table; under
-    torchrun the videos are shared out over its processes (video i to RANK i % WORLD_SIZE, on cuda:LOCAL_RANK).
+    Several VIDEOs, a folder of videos or --manifest: one model, one summary table; torchrun shares them out.
     """
     many = _is_batch(videos or [], manifest)
     video = (videos or [Path()])[0]
@@ -315,7 +314,8 @@ def _is_batch(videos: list[Path], manifest: Path | None) -> bool:
     if not videos and manifest is None:
         _fail(
             ExitCode.USAGE,
-            "no video given; pass VIDEO (a video file or a folder of frames), several, or --manifest FILE.csv",
+            "Missing argument 'video': pass VIDEO (a video file or a folder of frames), several, or --manifest "
+            "FILE.csv; see 'vosrr segment --help'",
         )
     return manifest is not None or len(videos) > 1 or is_video_folder(videos[0])
 
