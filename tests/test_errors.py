@@ -721,7 +721,10 @@ def test_option_parser_errors_are_one_line(clip, tmp_path: Path) -> None:
         os.chdir(cwd)
 
 
-def test_sigterm_keeps_complete_frames_like_ctrl_c(weights: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_keeps_complete_frames_like_ctrl_c(weights: Path, tmp_path: Path, stop: int, code: int) -> None:
+    """SIGTERM (kill, timeout, a container stopping) and SIGHUP (the terminal or SSH session closed) stop a run
+    as a Ctrl-C does: complete masks, a playable overlay of as many frames, no hidden file; exit 128 + signal."""
     images, labels = make_sample.make_clip(150, 120, 200, 2, seed=1)
     video = write_video(tmp_path / "long.mp4", images)
     mask = write_palette_mask(tmp_path / "mask.png", labels[0])
@@ -731,14 +734,23 @@ def test_sigterm_keeps_complete_frames_like_ctrl_c(weights: Path, tmp_path: Path
     deadline = time.monotonic() + 120
     while not (out / "masks" / "00003.png").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.terminate()  # SIGTERM, as kill, timeout and container stops send
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr
+    assert process.returncode == code, stderr
     assert "Traceback" not in stderr and "interrupted after" in stderr
     written = sorted(p.name for p in (out / "masks").iterdir())
     assert 4 <= len(written) < 150 and written == [f"{i:05d}.png" for i in range(len(written))]
     assert count_frames(out / "overlay.mp4") == len(written)
     assert leftovers(out) == []
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored(monkeypatch) -> None:
+    from vosrr import entry
+
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_DFL)
+    assert entry._stops() == [signal.SIGTERM, signal.SIGHUP]
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN if signum == signal.SIGHUP else None)
+    assert entry._stops() == [signal.SIGTERM]  # under nohup a closed terminal does not stop the run
 
 
 def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 - A Ctrl-C or a SIGTERM while the command starts (torch takes seconds to import) is noted, and once the import is
   done the command stops with one line, not a traceback (an exception inside torch's C++ start-up would abort).
 - A SIGTERM (``kill``, ``timeout``, a container stopping) is handled like a Ctrl-C: the frames done are kept
-  complete, the overlay stays playable; the exit code is 143 (128 + SIGTERM), a Ctrl-C's 130.
+  complete, the overlay stays playable; the exit code is 143 (128 + SIGTERM), a Ctrl-C's 130. So is a SIGHUP (the
+  terminal or SSH session closed; exit 129), unless it is ignored (``nohup``), which stays so.
 """
 
 from __future__ import annotations
@@ -14,35 +15,49 @@ from types import FrameType
 
 __all__ = ["main"]
 
-#: exit codes: interrupted by Ctrl-C, stopped by SIGTERM
-INTERRUPTED, TERMINATED = 130, 143
+#: exit codes: interrupted by Ctrl-C, stopped by SIGTERM, by SIGHUP
+INTERRUPTED, TERMINATED, HUNG_UP = 130, 143, 129
+
+
+def _stops() -> list[signal.Signals]:
+    """The signals other than Ctrl-C's that stop a run like it: SIGTERM, and SIGHUP unless ignored (nohup)."""
+    hangup = getattr(signal, "SIGHUP", None)  # none on Windows
+    keep_ignored = hangup is None or signal.getsignal(hangup) is signal.SIG_IGN
+    return [signal.SIGTERM] if keep_ignored else [signal.SIGTERM, hangup]
+
+
+def _code(stopped: list[int]) -> int:
+    """The exit code of a run stopped by the first of ``stopped``: 128 + its number (Ctrl-C: 130)."""
+    return 128 + int(stopped[0]) if stopped else INTERRUPTED
 
 
 def main() -> None:
     stopped: list[int] = []
+    stops = _stops()
 
     def note(signum: int, frame: FrameType | None) -> None:
         stopped.append(signum)  # while torch imports: an exception raised inside its C++ start-up would abort
 
-    signal.signal(signal.SIGINT, note)
-    signal.signal(signal.SIGTERM, note)
+    for stop in (signal.SIGINT, *stops):
+        signal.signal(stop, note)
     from vosrr.cli import main as run
 
     if stopped:  # the import is done; nothing was opened or written yet
         sys.stderr.write("error: interrupted while starting; nothing was written\n")
-        sys.exit(TERMINATED if signal.SIGTERM in stopped else INTERRUPTED)
+        sys.exit(_code(stopped))
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         stopped.append(signum)
         raise KeyboardInterrupt  # the CLI's one path for stopping early
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, terminate)
+    for stop in stops:
+        signal.signal(stop, terminate)
     try:
         run()
     except SystemExit as done:
-        if signal.SIGTERM in stopped and done.code == INTERRUPTED:
-            sys.exit(TERMINATED)
+        if stopped and done.code == INTERRUPTED:
+            sys.exit(_code(stopped))
         raise
 
 
