@@ -384,7 +384,7 @@ def _segment_many(
         _fail(ExitCode.DEVICE, str(error))
     check_runtime(config.runtime, dev)
     who = f"[rank {shard.rank}] " if shard.world > 1 else ""
-    mine = len(shard.take(jobs))
+    mine = {id(job): k for k, (_, job) in enumerate(shard.take(jobs), start=1)}  # this rank's videos, counted
 
     def load() -> Segmenter:  # once, when the first video has passed its checks
         model, _ = load_model(weights, dev)
@@ -418,10 +418,10 @@ def _segment_many(
             ) as progress,
         ):
             task = progress.add_task("starting", total=None, fps=0.0)
-            count = iter(range(1, mine + 1))
 
             def started(job: Job, info: VideoInfo, objects: int) -> None:
-                progress.reset(task, total=info.frames, description=f"[{next(count)}/{mine}] {job.video.name}", fps=0.0)
+                where = f"[{mine[id(job)]}/{len(mine)}] {job.video.name}"
+                progress.reset(task, total=info.frames, description=where, fps=0.0)
 
             def advanced(index: int) -> None:
                 elapsed = progress.tasks[task].elapsed or 1e-9
