@@ -298,3 +298,23 @@ def test_a_constant_rate_overlay_keeps_its_rate_and_fps_sets_one(images, tmp_pat
         for frame in frames:
             writer.write(frame)
     assert frame_times(again) == [Fraction(i, 5) for i in range(len(images))]
+
+
+def test_a_frame_folder_is_read_ahead_in_order(tmp_path: Path) -> None:
+    """Frames decode on several threads, and come out in file order; stopping early leaves nothing running."""
+    import threading
+
+    import cv2
+
+    from vosrr.video import READ_WORKERS, open_video
+
+    frames = [np.full((24, 32, 3), 10 * i, np.uint8) for i in range(4 * READ_WORKERS + 3)]
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{i:05d}.png"), frame)
+    info, decoded = open_video(tmp_path)
+    assert info.frames == len(frames)
+    assert [int(f[0, 0, 0]) for f in decoded] == [10 * i for i in range(len(frames))]
+    _, decoded = open_video(tmp_path)
+    assert int(next(decoded)[0, 0, 0]) == 0 and int(next(decoded)[0, 0, 0]) == 10
+    decoded.close()  # type: ignore[attr-defined]
+    assert not [t for t in threading.enumerate() if t.name.startswith("vosrr-read")]
