@@ -359,7 +359,7 @@ def test_nothing_is_loaded_when_every_video_fails_its_checks(tmp_path: Path) -> 
 
     jobs = [Job(tmp_path / "none.mp4", tmp_path / "none.png", tmp_path / "o")]
     (result,) = run_jobs(factory, jobs)
-    assert result.status == "failed" and str(tmp_path / "none.mp4") in result.error
+    assert result.status == "failed" and result.error == f"video not found: {tmp_path / 'none.mp4'}; check the path"
     with pytest.raises(MaskError, match="no annotation"):
         Job(tmp_path / "a.mp4", tmp_path / "absent.png", tmp_path / "o").marks()
 

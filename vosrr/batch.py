@@ -440,7 +440,7 @@ def run_jobs(
             summary = segment_video(
                 model,
                 job.video,
-                job.marks(),
+                job.marks() if job.video.exists() else [],  # a missing video is told as such, not as its mask
                 options.outputs(job.output),
                 resize_mask=options.resize_mask,
                 mask_kind=options.mask_kind,
