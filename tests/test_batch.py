@@ -228,16 +228,20 @@ def test_shard_take_is_a_partition() -> None:
         Shard.from_env({"WORLD_SIZE": "two"})
 
 
-def test_shard_device_is_the_local_rank_gpu_or_the_cpu() -> None:
+def test_shard_device_is_the_local_rank_gpu_or_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        assert Shard(1, 2, 0).device("auto") == torch.device("cuda", 0)
-    else:
-        assert Shard(1, 2, 1).device("auto") == torch.device("cpu")
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            Shard().device("cuda")
-    assert Shard(1, 2, 1).device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Shard(1, 2, 1).device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        Shard().device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs, as torchrun sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [Shard(r, 4, r % 2).device("auto") for r in range(4)] == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
+    assert Shard(1, 2, 1).device("cuda") == torch.device("cuda", 1)
+    assert Shard(1, 2, 1).device("cpu") == torch.device("cpu")  # --device cpu keeps every rank on the CPU
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 2 has no GPU of its own.*--nproc_per_node 2"):
+        Shard(2, 3, 2).device("auto")
 
 
 def test_torchrun_gathers_every_rank_into_one_table(tmp_path: Path, tiny_weights: Path) -> None:
