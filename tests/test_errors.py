@@ -721,6 +721,29 @@ def test_option_parser_errors_are_one_line(clip, tmp_path: Path) -> None:
         os.chdir(cwd)
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["segment", "", "-m", "mask.png"], "argument 2 is empty"),  # "$VIDEO" unset: not the current folder
+        (["segment", "clip.mp4", "-m", "mask.png", "-o", ""], "the value of -o is empty"),
+        (["eval", "--davis=", "--out", "res"], "the value of --davis is empty"),
+        (["segment", "clip.mp4", "-m", " "], "the value of -m is empty"),
+    ],
+)
+def test_an_empty_argument_is_refused_at_once(clip, tmp_path: Path, args: list[str], words: str) -> None:
+    video, mask, _ = clip
+    video.rename(tmp_path / "clip.mp4")
+    mask.rename(tmp_path / "mask.png")
+    before = sorted(tmp_path.iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "vosrr.entry", *args], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == int(ExitCode.USAGE) and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and words in lines[0] and "unset shell variable" in lines[0], lines
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, the folder not taken as a video
+
+
 @pytest.mark.parametrize(("stop", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_keeps_complete_frames_like_ctrl_c(weights: Path, tmp_path: Path, stop: int, code: int) -> None:
     """SIGTERM (kill, timeout, a container stopping) and SIGHUP (the terminal or SSH session closed) stop a run
@@ -889,3 +912,11 @@ def test_a_rotated_video_with_a_mask_at_its_coded_size_is_told_to_rotate_it(segm
     upright = write_palette_mask(tmp_path / "upright.png", np.ascontiguousarray(np.rot90(labels[0])))
     succeeds(segment(video, "-m", upright, "-o", out, "--no-overlay"))  # the rotated mask is taken
     assert read_png(out / "masks" / "00000.png").shape == (160, 96)
+
+
+def test_an_empty_mask_name_is_a_usage_error(segment, clip, tmp_path: Path) -> None:
+    """Through the Python API's CLI (no entry point): an empty --mask is refused, not read as the folder '.'."""
+    video, _, _ = clip
+    out = tmp_path / "out"
+    fails(segment(video, "-m", "", "-o", out), ExitCode.USAGE, "--mask is given an empty name")
+    assert not out.exists()

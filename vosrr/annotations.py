@@ -160,7 +160,9 @@ class Mark:
 
 def parse_mark(text: str, scribble: bool = False) -> Mark:
     """``"FILE"`` (frame 0) or ``"N:FILE"`` -> ``Mark``. A path that exists as written wins, so a file named
-    ``12:30.png`` is still a file; a negative index is refused (``ValueError``)."""
+    ``12:30.png`` is still a file; a negative index, or no file at all, is refused (``ValueError``)."""
+    if not text.strip():
+        raise ValueError(f"--{'scribble' if scribble else 'mask'} is given an empty name; give FILE or N:FILE")
     path = Path(text)
     match = re.fullmatch(r"(-?\d+):(.+)", text)
     if match is None or (path.exists() and not Path(match.group(2)).exists()):

@@ -5,6 +5,8 @@
 - A SIGTERM (``kill``, ``timeout``, a container stopping) is handled like a Ctrl-C: the frames done are kept
   complete, the overlay stays playable; the exit code is 143 (128 + SIGTERM), a Ctrl-C's 130. So is a SIGHUP (the
   terminal or SSH session closed; exit 129), unless it is ignored (``nohup``), which stays so.
+- An empty argument (``vosrr segment "$VIDEO"`` with the variable unset) is refused at once (exit 2): an empty path
+  would otherwise mean the current folder.
 """
 
 from __future__ import annotations
@@ -15,8 +17,24 @@ from types import FrameType
 
 __all__ = ["main"]
 
-#: exit codes: interrupted by Ctrl-C, stopped by SIGTERM, by SIGHUP
-INTERRUPTED, TERMINATED, HUNG_UP = 130, 143, 129
+#: exit codes: a usage error, interrupted by Ctrl-C, stopped by SIGTERM, by SIGHUP
+USAGE, INTERRUPTED, TERMINATED, HUNG_UP = 2, 130, 143, 129
+
+
+def empty_argument(args: list[str]) -> str | None:
+    """The message for the first empty argument (``""``, ``"  "``, ``--out=``) of ``args``, or ``None``."""
+    for i, arg in enumerate(args):
+        option, equals, value = arg.partition("=")
+        if arg.strip() and not (arg.startswith("--") and equals and not value.strip()):
+            continue
+        if equals:
+            what = f"the value of {option}"
+        elif i and args[i - 1].startswith("-") and args[i - 1] != "--":
+            what = f"the value of {args[i - 1]}"
+        else:
+            what = f"argument {i + 1}"
+        return f"{what} is empty (an unset shell variable?); give a path or a value, or leave the option out"
+    return None
 
 
 def _stops() -> list[signal.Signals]:
@@ -32,6 +50,10 @@ def _code(stopped: list[int]) -> int:
 
 
 def main() -> None:
+    empty = empty_argument(sys.argv[1:])
+    if empty is not None:  # before the slow import: nothing to load for a typo
+        sys.stderr.write(f"error: {empty}\n")
+        sys.exit(USAGE)
     stopped: list[int] = []
     stops = _stops()
 
