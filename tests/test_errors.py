@@ -606,10 +606,27 @@ def test_unknown_device_is_a_usage_error(clip, weights: Path, tmp_path: Path) ->
     fails(runner.invoke(app, [*args, "--device", "tpu"]), ExitCode.USAGE, "device")
 
 
-def test_min_part_outside_0_1_is_a_usage_error(clip, weights: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--min-part", "2", "must be in [0, 1]"),
+        ("--lam", "nan", "finite"),
+        ("--lam", "inf", "finite"),
+        ("--lam", "1e-30", "between 0.001 and 10000"),
+        ("--window", "nan", "finite"),
+        ("--online", "nan", "finite"),
+        ("--online", "-1", "between 0 and 10"),
+        ("--scale", "0", "[0.25, 4]"),
+        ("--max-side", "3", "at least 32"),
+        ("--blocks", "3", "1, 2, 4, 8 or 16"),
+    ],
+)
+def test_a_bad_option_value_is_named_as_the_option(clip, weights: Path, tmp_path: Path, option, value, words) -> None:
+    """Checked before any work (exit 2, nothing written), and said as the option typed, not as a field name."""
     video, mask, _ = clip
     args = ["segment", str(video), "-m", str(mask), "-o", str(tmp_path / "out"), "--weights", str(weights)]
-    fails(runner.invoke(app, [*args, "--min-part", "2"]), ExitCode.USAGE, "min_part must be in [0, 1]")
+    line = fails(runner.invoke(app, [*args, option, value]), ExitCode.USAGE, f"error: {option} ", words)
+    assert f"leave {option} out" in line
     assert not (tmp_path / "out").exists()
 
 

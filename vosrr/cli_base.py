@@ -270,8 +270,15 @@ def _segment_config(
             between=between,  # type: ignore[arg-type]  (checked by SegmentConfig)
             runtime=runtime,  # type: ignore[arg-type]  (checked by SegmentConfig)
         )
-    except ValueError as error:
-        _fail(ExitCode.USAGE, str(error))
+    except ValueError as error:  # "lam must be ...": said as the option the user typed, with what to do
+        name, _, rest = str(error).partition(" ")
+        if name not in _CONFIG_OPTIONS:
+            _fail(ExitCode.USAGE, str(error))
+        option = f"--{name.replace('_', '-')}"
+        _fail(ExitCode.USAGE, f"{option} {rest}; pass another value, or leave {option} out for its default")
+
+
+_CONFIG_OPTIONS = ("lam", "blocks", "online", "window", "max_side", "scale", "min_part", "margin", "between", "runtime")
 
 
 __all__ = [
