@@ -183,8 +183,12 @@ def evaluate_cmd(
     ] = False,
     debug: Debug = False,
 ) -> None:
-    """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark."""
-    from vosrr.evaluate import evaluate
+    """Segment every sequence of a DAVIS split and score J, F and J&F with vos-benchmark.
+
+    Each object is scored on its own (a row each when a sequence has several); the mean is over all objects,
+    as in DAVIS 2017 (for DAVIS 2016, one object a sequence, the mean over sequences).
+    """
+    from vosrr.evaluate import evaluate, table_rows
 
     _check_eval_out(out, davis, force)
 
@@ -222,28 +226,13 @@ def evaluate_cmd(
         names = [s.strip() for s in sequences.split(",")] if sequences else None
         with _bar() as progress:
             result = evaluate(segmenter, davis, split, out, names, progress)
-        table = Table(title=f"DAVIS 2016 {split} ({len(result['sequences'])} sequences, {dev.type})")
+        several = result["mean"]["objects"] > len(result["sequences"])
+        what = f"{result['mean']['objects']} objects in " if several else ""
+        table = Table(title=f"DAVIS {split} ({what}{len(result['sequences'])} sequences, {dev.type})")
         for column in ("sequence", "frames", "J", "F", "J&F", "s/frame"):
             table.add_column(column, justify="right" if column != "sequence" else "left")
-        for name, row in result["sequences"].items():
-            table.add_row(
-                name,
-                str(row["frames"]),
-                f"{row['J']:.1f}",
-                f"{row['F']:.1f}",
-                f"{row['JF']:.1f}",
-                f"{row['s_per_frame']:.3f}",
-            )
-        mean = result["mean"]
-        table.add_row(
-            "mean",
-            str(mean["frames"]),
-            f"{mean['J']:.1f}",
-            f"{mean['F']:.1f}",
-            f"{mean['JF']:.1f}",
-            f"{mean['s_per_frame']:.3f}",
-            style="bold",
-        )
+        for cells, bold in table_rows(result):
+            table.add_row(*cells, style="bold" if bold else None)
         Console().print(table)
         console.print(f"results: {out / 'results.json'}")
 
