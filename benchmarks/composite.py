@@ -3,6 +3,7 @@
     python benchmarks/composite.py --davis /work/davis/DAVIS --out /tmp/composite [--seed 0] [--force]
     vosrr eval --davis /tmp/composite --split composite --out runs/composite
     python benchmarks/composite.py --swaps runs/composite --composite /tmp/composite [--single weights/vosrr_mnv2.json]
+    python benchmarks/composite.py --alone runs/alone --composite /tmp/composite --videos A,B [--swaps runs/composite]
 
 **Building.** Every sequence of the split (val) hosts one composite video of the host's length. Its object 1
 is the host's own object; objects 2..K (K = 2..4) are objects of *other* sequences of the same split, cut out
@@ -33,6 +34,10 @@ source frame, twin). One seed gives the same bytes on every run; nothing random 
 (a, b) of a video, counts the frames where the prediction of a overlaps b's ground truth more than a's own
 (IoU >= 0.25 with b, and more than with a); a run of ``--run`` (5) or more such consecutive frames is a swap.
 Twins (look-alike pairs) are listed first. The first and last frames are skipped, as in the scoring.
+
+**Alone.** ``--alone DIR --videos ...`` segments every object of the named composites on its own (its frame-0
+mask only, the other objects background) and scores it, beside the joint run's score of the same object: is an
+object lost because several are solved together, or because it is hard (occluded, enlarged, among look-alikes)?
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "check_swaps",
     "plan_video",
     "render",
+    "segment_alone",
     "source_index",
     "swap_runs",
 ]
@@ -441,6 +447,47 @@ def check_swaps(composite: Path, masks: Path, run: int = 5) -> list[dict[str, An
     return rows
 
 
+def segment_alone(
+    composite: Path, names: list[str], out: Path, weights: Path | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each object of each named composite segmented on its own (the default options; its frame-0 mask alone,
+    every other object background), to tell the joint solve from the objects' own difficulty. Masks go to
+    ``out/<video>/<id>/``; returns ``{video: {id: {"J", "F", "JF"}}}`` (vos-benchmark, first and last frames
+    skipped)."""
+    import torch
+    from vos_benchmark.evaluator import Evaluator
+
+    from vosrr.checkpoint import load_model
+    from vosrr.pipeline import Outputs, segment_video
+    from vosrr.segmenter import SegmentConfig, Segmenter
+
+    model, _ = load_model(weights, torch.device("cpu"))
+    segmenter = Segmenter(model, SegmentConfig(), torch.device("cpu"))
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in names:
+        gt_dir = Path(composite) / "Annotations" / "480p" / name
+        frames = sorted(p.name for p in gt_dir.glob("*.png"))
+        if not frames:
+            raise FileNotFoundError(f"{gt_dir}: no annotations; is {name} one of the composites?")
+        first = np.asarray(Image.open(gt_dir / frames[0]))
+        table[name] = {}
+        for k in (int(v) for v in np.unique(first) if v):
+            folder = Path(out) / name / str(k)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((first == k).astype(np.uint8) * 255).save(folder / "reference.png")
+            outputs = Outputs(folder / "masks", masks=True, overlay=False, force=True, mask_subdir="")
+            segment_video(segmenter, Path(composite) / "JPEGImages" / "480p" / name, folder / "reference.png", outputs)
+            evaluator = Evaluator(name=name)
+            for frame in frames[1:-1]:
+                mine = np.asarray(Image.open(folder / "masks" / frame)) > 0
+                gt = np.asarray(Image.open(gt_dir / frame)) == k
+                evaluator.feed_frame(mine.astype(np.uint8), gt.astype(np.uint8))
+            iou, boundary = evaluator.conclude()
+            j, f = float(iou.get(1, 0.0)), float(boundary.get(1, 0.0))
+            table[name][str(k)] = {"J": j, "F": f, "JF": (j + f) / 2}
+    return table
+
+
 def breakdown(composite: Path, results: dict[str, Any], single: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Where the composites' J&F comes from: ``vosrr eval``'s ``results`` on the composites against ``single``
     (its ``sequences`` rows: the same network's single-object DAVIS 2016 scores, e.g. ``weights/*.json``'s
@@ -491,7 +538,32 @@ def main(argv: list[str] | None = None) -> int:
         help="with --swaps: a weights/*.json record; also print where the J&F comes from against its "
         "single-object DAVIS 2016 val scores",
     )
+    parser.add_argument(
+        "--alone",
+        type=Path,
+        help="segment each object of --videos on its own into this folder (needs --composite), "
+        "and compare with --swaps's joint results when given",
+    )
+    parser.add_argument("--videos", help="with --alone: comma-separated composite names")
     args = parser.parse_args(argv)
+    if args.alone is not None:
+        if args.composite is None or not args.videos:
+            parser.error("--alone needs --composite and --videos")
+        alone = segment_alone(args.composite, args.videos.split(","), args.alone)
+        joint = json.loads((args.swaps / "results.json").read_text())["sequences"] if args.swaps else {}
+        pairs = []
+        for name, objects in alone.items():
+            for key, row in objects.items():
+                both = joint.get(name, {}).get("objects", {}).get(key)
+                pairs.append((row["JF"], both["JF"] if both else float("nan")))
+                print(
+                    f"{name:<48} #{key}  alone J {row['J']:5.1f} F {row['F']:5.1f} J&F {row['JF']:5.1f}"
+                    + (f"   jointly J&F {both['JF']:5.1f}" if both else "")
+                )
+        means = np.mean(pairs, axis=0)
+        print(f"mean of {len(pairs)} objects: alone J&F {means[0]:.1f}, jointly {means[1]:.1f}")
+        (args.alone / "alone.json").write_text(json.dumps(alone, indent=1) + "\n")
+        return 0
     if args.swaps is not None:
         if args.composite is None:
             parser.error("--swaps needs --composite (the folder the builder wrote)")

@@ -299,3 +299,21 @@ def test_breakdown_groups_objects_by_role(davis: Path, tmp_path: Path) -> None:
     twins = sum(p.twin is not None for v in videos for p in v.pastes)
     assert table["pasted, look-alike twins"]["n"] == twins == 2  # one pair, in the second video
     assert sum(row["n"] for name, row in table.items() if name.startswith("videos of")) == len(pasted) + 3
+
+
+def test_segment_alone_scores_every_object_on_its_own(davis: Path, tmp_path: Path, tiny_weights: Path) -> None:
+    built = tmp_path / "built"
+    videos = composite.build(davis, built, CONFIG)
+    video = videos[0]
+    table = composite.segment_alone(built, [video.name], tmp_path / "alone", tiny_weights)
+    assert list(table) == [video.name]
+    assert list(table[video.name]) == [str(k) for k in range(1, video.objects + 1)]
+    for key, row in table[video.name].items():
+        assert 0.0 <= row["J"] <= 100.0 and row["JF"] == pytest.approx((row["J"] + row["F"]) / 2)
+        masks = sorted((tmp_path / "alone" / video.name / key / "masks").glob("*.png"))
+        assert len(masks) == video.frames
+        reference = np.asarray(Image.open(tmp_path / "alone" / video.name / key / "reference.png")) > 0
+        first = np.asarray(Image.open(built / "Annotations" / "480p" / video.name / "00000.png"))
+        np.testing.assert_array_equal(reference, first == int(key))  # that object only
+    with pytest.raises(FileNotFoundError, match="no annotations"):
+        composite.segment_alone(built, ["nonesuch"], tmp_path / "alone", tiny_weights)
