@@ -335,7 +335,8 @@ def plan_video(
                 scale *= 0.8
             if done:
                 break
-            notes.append(f"object {k + 2}: no placement for {source.name}, another source drawn")
+            again = "another start" if twin_of else "another source"
+            notes.append(f"object {k + 2}: no placement for {source.name} from frame {start}, {again} drawn")
         if not done:
             raise RuntimeError(
                 f"{host.name}: no placement of object {k + 2} satisfies the visibility rules; "
