@@ -937,3 +937,31 @@ def test_an_empty_mask_name_is_a_usage_error(segment, clip, tmp_path: Path) -> N
     out = tmp_path / "out"
     fails(segment(video, "-m", "", "-o", out), ExitCode.USAGE, "--mask is given an empty name")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [
+        (["--lr", "nan"], ExitCode.USAGE, "--lr must be a finite number"),
+        (["--lr", "-1"], ExitCode.USAGE, "--lr must be above 0"),
+        (["--weight-decay", "-1"], ExitCode.USAGE, "--weight-decay must be at least 0"),
+        (["--lam", "nan"], ExitCode.USAGE, "--lam must be a finite number"),
+        (["--channels", "0"], ExitCode.USAGE, "--channels must be at least 2"),
+        (["--holdout", "-1"], ExitCode.USAGE, "--holdout must be at least 0"),
+        (["--max-gap", "0"], ExitCode.USAGE, "--max-gap must be at least 1"),
+        (["--epochs", "0"], ExitCode.USAGE, "--epochs must be at least 1, got 0"),
+        (["--resume", "nope.pt"], ExitCode.WEIGHTS, "--resume nope.pt: not found"),
+        (["--cache", "FILE"], ExitCode.OUTPUT, "choose another --cache"),
+    ],
+)
+def test_train_values_are_checked_before_the_feature_cache(tmp_path: Path, extra: list[str], code, words) -> None:
+    """Each bad value is one line naming its option, before minutes of caching (it used to be exit 1 with
+    torch's 'Invalid learning rate' or a _LinAlgError, once the cache was built)."""
+    root = _davis(tmp_path / "davis")
+    cache = tmp_path / "cache"
+    if "FILE" in extra:
+        (tmp_path / "taken").write_text("a file")
+        extra = ["--cache", str(tmp_path / "taken")]
+    args = ["train", "--davis", str(root), "--out", str(tmp_path / "run"), "--device", "cpu", "--holdout", "0"]
+    fails(runner.invoke(app, [*args, "--cache", str(cache), *extra]), code, words)
+    assert not (tmp_path / "run").exists() and not cache.exists()

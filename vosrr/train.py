@@ -83,6 +83,25 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        numbers = {"--lam": self.lam, "--lr": self.lr, "--weight-decay": self.weight_decay, "--colour": self.colour}
+        numbers |= {"momentum": self.momentum, "--scale": self.scale[0], "--scale max": self.scale[1]}
+        for option, value in numbers.items():  # nan passes every comparison below, so refuse it first
+            if not math.isfinite(value):
+                raise ValueError(f"{option} must be a finite number, got {value}")
+        at_least = {"--epochs": 1, "--steps": 1, "--batch": 1, "--refs": 1, "--views": 1, "--max-gap": 1}
+        at_least |= {"--channels": 2, "--width": 1, "--holdout": 0}
+        for option, least in at_least.items():
+            value = getattr(self, option[2:].replace("-", "_"))
+            if value < least:
+                raise ValueError(f"{option} must be at least {least}, got {value}")
+        if not 1e-3 <= self.lam <= 1e4:
+            raise ValueError(f"--lam must be between 0.001 and 10000 (the learned value is about 5), got {self.lam}")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"--lr must be above 0 and at most 1, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.trunk not in TRUNKS:
             raise ValueError(f"--trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -91,8 +110,6 @@ class TrainConfig:
             raise ValueError(f"--train-stages must be 0, 1 or 2, got {self.train_stages}")
         if self.channels % self.blocks:
             raise ValueError(f"--blocks {self.blocks} must divide --channels {self.channels}")
-        if min(self.epochs, self.steps, self.batch, self.refs, self.views) < 1:
-            raise ValueError("--epochs, --steps, --batch, --refs and --views must be at least 1")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"--scale must be 0 < min <= max, got {self.scale}")
         if not 0 <= self.colour < 1:
@@ -403,13 +420,25 @@ def _parameters(model: Embedder, stages: int) -> list[nn.Parameter]:
 
 
 def check_out(config: TrainConfig) -> None:
-    """Refuse an ``out`` that cannot hold checkpoints, or that holds an earlier run's (unless resumed or forced)."""
+    """Refuse an ``out`` that cannot hold checkpoints, or that holds an earlier run's (unless resumed or forced),
+    a ``cache`` that cannot be made, and a ``resume`` that is not a file: before the feature cache is built."""
     out = config.out
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise OutputError(f"cannot write checkpoints to {out}: {parent} is a file; choose another --out")
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write checkpoints to {out}: {parent} is not writable; choose another --out")
+    cache = config.cache
+    above = cache if cache.exists() else next((p for p in cache.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise OutputError(f"cannot build the feature cache in {cache}: {above} is a file; choose another --cache")
+    if (
+        above is not None and above != cache and not os.access(above, os.W_OK | os.X_OK)
+    ):  # a built cache may be read-only
+        raise OutputError(f"cannot build the feature cache in {cache}: {above} is not writable; choose another --cache")
+    if config.resume is not None and not config.resume.is_file():
+        what = "is a folder" if config.resume.is_dir() else "not found"
+        raise WeightsError(f"--resume {config.resume}: {what}; pass the last.pt of the run to go on with")
     last = out / "last.pt"
     if last.exists() and config.resume is None and not config.force:
         raise OutputError(
