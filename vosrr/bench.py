@@ -215,16 +215,28 @@ def _first_frames(video: Path, count: int) -> tuple[VideoInfo, list[np.ndarray]]
 
 
 # ----------------------------------------------------------------------------------------- stages
-def _plain_mobilenet_v2(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torchvision's MobileNetV2 ``features`` (random weights: the time does not depend on them), eval mode, float32
-    NCHW, as a user of torchvision would run it; on a GPU under the same autocast as phi."""
+def _plain_mobilenet_v2(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchvision's MobileNetV2 ``features``, eval mode, float32 NCHW, as a user of torchvision would run it (on a
+    GPU under the same autocast as phi). Its first 18 layers take the weights of phi's own MobileNetV2 trunk (the
+    first one of an ensemble), so that its activations are those of real weights: freshly initialised weights
+    shrink them to denormal floats, which a CPU computes several times slower. The last 1x1 layer stays seeded."""
     from torchvision.models import mobilenet_v2
 
-    return mobilenet_v2(weights=None).features.eval().to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = mobilenet_v2(weights=None).features.eval()
+    members = list(getattr(model, "members", [model]))
+    trunk = next((m.trunk for m in members if getattr(m.trunk, "name", "") == "mobilenet_v2"), None)
+    if trunk is not None:
+        for level in (trunk.level8, trunk.level16, trunk.level32):
+            for name, layer in level.named_children():  # the same names and shapes as torchvision's (tested)
+                plain[int(name)].load_state_dict(layer.state_dict(), strict=False)
+    return plain.to(device)
 
 
 def _time_stages(
     segmenter: Segmenter,
+    plain: Callable[[torch.Tensor], torch.Tensor],
     source: Path,
     mask: Path,
     frames: int,
@@ -256,7 +268,6 @@ def _time_stages(
             levels = [model.trunk(image) for image in images]
         features = [segmenter.feed.batch([frame], work)[0] for frame in cache]
         scores = [segmenter.scores(state, X) for X in features]
-    plain = _plain_mobilenet_v2(device)
     outs = [segmenter.labels(state, P) for P in scores]
     colours = np.asarray(davis_palette(fmt.num_objects + 1), dtype=np.uint8)
     masks_dir = scratch / "stage_masks"
@@ -674,6 +685,7 @@ def run_bench(
     if not solve_only:
         model, _ = load_model(weights, device)
         segmenter = Segmenter(model, config or SegmentConfig(), device)
+        plain = _plain_mobilenet_v2(model, device)  # the checkpoint's own trunk weights, batch norms unfolded
         del model
         result.update(
             video=str(video),
@@ -703,7 +715,7 @@ def run_bench(
             meta: dict[str, Any] = {}
             for run in range(runs):
                 log(f"run {run + 1}/{runs}: stages, then end to end")
-                one, meta = _time_stages(segmenter, source, Path(mask), frames, 1, scratch, _quiet)
+                one, meta = _time_stages(segmenter, plain, source, Path(mask), frames, 1, scratch, _quiet)
                 for stage, values in one.items():
                     per_run.setdefault(stage, []).extend(values)
                 e2e_runs.append(_end_to_end(segmenter, source, Path(mask), 1, scratch, _quiet))
