@@ -591,6 +591,15 @@ def test_eval_with_a_bad_davis_folder(weights: Path, tmp_path: Path, case: str, 
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_eval_sequences_that_name_nothing(weights: Path, tmp_path: Path, value: str) -> None:
+    root = tmp_path / "davis"
+    _davis(root)
+    args = ["eval", "--davis", str(root), "--out", str(tmp_path / "res"), "--weights", str(weights)]
+    fails(runner.invoke(app, [*args, "--sequences", value]), ExitCode.USAGE, "names no sequence", "bear,blackswan")
+    assert not (tmp_path / "res").exists()
+
+
 # ---------------------------------------------------------------------------------------------- device, CLI
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_cuda_without_a_gpu(clip, weights: Path, tmp_path: Path) -> None:

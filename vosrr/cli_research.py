@@ -191,6 +191,9 @@ def evaluate_cmd(
     from vosrr.evaluate import evaluate, table_rows
 
     _check_eval_out(out, davis, force)
+    names = [name for name in (s.strip() for s in sequences.split(",")) if name] if sequences is not None else None
+    if names == []:
+        _fail(ExitCode.USAGE, f"--sequences {sequences!r} names no sequence; give names such as bear,blackswan")
 
     weights, flip = _model_choice(weights, accurate, flip)
     config = _segment_config(
@@ -223,7 +226,6 @@ def evaluate_cmd(
             )
         model, _ = load_model(weights, dev)
         segmenter = Segmenter(model, config, dev)
-        names = [s.strip() for s in sequences.split(",")] if sequences else None
         with _bar() as progress:
             result = evaluate(segmenter, davis, split, out, names, progress)
         several = result["mean"]["objects"] > len(result["sequences"])
