@@ -423,6 +423,28 @@ def test_non_empty_output_folder_needs_force(segment, clip, tmp_path: Path) -> N
     assert (out / "overlay.mp4").is_file() and leftovers(out) == []
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(segment, clip, weights: Path, tmp_path: Path) -> None:
+    """Two runs without --force that both found the folder empty: the one that claims it first writes; the other
+    is told another run is writing there, and touches nothing."""
+    from vosrr.checkpoint import load_model
+    from vosrr.pipeline import CLAIM, Outputs, segment_video
+
+    video, mask, _ = clip
+    out = tmp_path / "out"
+    seen: list[str] = []
+
+    def second(index: int) -> None:
+        if index == 0:  # the first run has written its first frame and holds the folder
+            seen.append(fails(segment(video, "-m", mask, "-o", out), ExitCode.OUTPUT, "another vosrr run", "--out"))
+
+    segmenter = Segmenter(load_model(weights)[0])
+    summary = segment_video(segmenter, video, mask, Outputs(out), on_frame=second)
+    assert summary.frames == 4 and len(seen) == 1
+    assert len(list((out / "masks").glob("*.png"))) == 4 and not (out / CLAIM).exists() and leftovers(out) == []
+    out.joinpath(CLAIM).write_text("")  # a run that was killed left its claim: the message says what to do
+    fails(segment(video, "-m", mask, "-o", out), ExitCode.OUTPUT, "another vosrr run", "remove that file")
+
+
 def test_output_path_is_a_file(segment, clip, tmp_path: Path) -> None:
     video, mask, _ = clip
     target = tmp_path / "taken"

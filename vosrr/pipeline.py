@@ -32,6 +32,9 @@ from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_
 
 __all__ = ["MAX_FULL_SIDE", "OutputError", "Outputs", "Summary", "prepare_output", "segment_video"]
 
+#: held in the output folder while a run without ``force`` writes there (so a second run finds it not empty)
+CLAIM = ".vosrr-running"
+
 #: longest frame side processed at full size without ``--max-side`` (larger frames would exhaust memory)
 MAX_FULL_SIDE = 4096
 
@@ -81,6 +84,11 @@ def prepare_output(outputs: Outputs, create: bool = True) -> list[Path]:
     other = "choose another folder with --out"
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output path {folder} exists and is not a folder; {other}")
+    if (folder / CLAIM).exists() and not outputs.force:
+        raise OutputError(
+            f"another vosrr run is writing to {folder} (it holds {CLAIM}; if no run is, one was killed: remove that "
+            f"file); wait for it, or {other}"
+        )
     if folder.is_dir() and any(folder.iterdir()) and not outputs.force:
         raise OutputError(
             f"output folder {folder} is not empty; use --force to overwrite vosrr's files in it "
@@ -181,10 +189,19 @@ def segment_video(
         names = ", ".join(info.skipped[:4]) + (f" and {len(info.skipped) - 4} more" if len(info.skipped) > 4 else "")
         summary.notes.append(f"{video}: {len(info.skipped)} file(s) not taken as frames ({names})")
     created: list[Path] | None = None
+    claim = outputs.folder / CLAIM
+    claimed = False
 
     def ready() -> None:  # the output folder appears with the first finished frame
-        nonlocal created
+        nonlocal created, claimed
         created = prepare_output(outputs)
+        if not outputs.force:  # two runs that both found the folder empty: one writes, the other is told why
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                busy = f"another vosrr run is writing to {outputs.folder}"
+                raise OutputError(f"{busy}; wait for it, or choose another folder with --out") from None
+            claimed = True
 
     try:
         with contextlib.ExitStack() as spills:
@@ -195,6 +212,8 @@ def segment_video(
             try:
                 last = _run(segmenter, frames, timeline, outputs, info, summary, store, ready, on_start, on_frame)
             finally:
+                if claimed:
+                    claim.unlink(missing_ok=True)
                 if created is not None and summary.frames == 0:
                     _remove_empty(created)
         if not (summary.interrupted or summary.stopped_at):
