@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,12 +38,21 @@ from rich.console import Console
 from rich.table import Table
 
 import vosrr
-from vosrr import solver
 from vosrr.checkpoint import load_model
 from vosrr.feed import GPU_CHUNK
 from vosrr.masks import MaskError, davis_palette, overlay, write_mask
 from vosrr.pipeline import Outputs, load_reference, segment_video
 from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.solve_bench import (
+    TABLE2_BLOCKS,
+    TABLE2_CHANNELS,
+    TABLE2_PIXELS,
+    median,
+    per_call,
+    print_solve,
+    solve_table,
+    sync,
+)
 from vosrr.video import FRAME_SUFFIXES, OverlayWriter, VideoError, VideoInfo, open_video
 
 __all__ = ["REFERENCES", "STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
@@ -74,36 +82,11 @@ _STAGE_NAMES = {
     "mask_png": "mask PNG writing",
     "overlay_encode": "overlay blend + encode",
 }
-#: paper Table 2: C = 800 channels, N = 60 x 107 feature pixels (a 480 x 856 frame at stride 8)
-TABLE2_CHANNELS = 800
-TABLE2_PIXELS = 60 * 107
-TABLE2_BLOCKS = (1, 2, 4, 8)
 _SAMPLES = Path(vosrr.__file__).resolve().parent.parent / "samples"
 _MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _per_call(fn: Callable[[int], object], count: int, device: torch.device) -> float:
-    """Seconds per call of ``fn(i)`` over ``count`` calls (device work included)."""
-    _sync(device)
-    tic = time.perf_counter()
-    for index in range(count):
-        fn(index)
-    _sync(device)
-    return (time.perf_counter() - tic) / count
-
-
-def _reps(fn: Callable[[int], object], device: torch.device, budget: float = 0.05) -> int:
-    """How many calls of ``fn`` make one measurement of about ``budget`` seconds (3 to 200)."""
-    once = _per_call(fn, 1, device)
-    return int(min(200, max(3, budget / max(once, 1e-6))))
-
-
 def _rss_peak_mib() -> float:
     """The process's resident-set high-water mark (``getrusage``; KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -146,10 +129,6 @@ def _version() -> str | None:
         return importlib.metadata.version("vosrr")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values))
 
 
 # ----------------------------------------------------------------------------------------- input
@@ -254,10 +233,10 @@ def _time_stages(
     n = len(cache)
     reference: list[float] = []
     for _ in range(runs + 1):  # the first start() also warms the network up
-        _sync(device)
+        sync(device)
         tic = time.perf_counter()
         state = segmenter.start(cache[0], labels)[0]
-        _sync(device)
+        sync(device)
         reference.append(time.perf_counter() - tic)
     reference = reference[1:]
     work = state.work_size
@@ -337,7 +316,7 @@ def _time_stages(
             if run == 0:
                 for i in range(min(2, frames)):  # warm-up (allocator, oneDNN / cuDNN kernel choice)
                     fn(i)
-            results[stage].append(_per_call(fn, frames, device))
+            results[stage].append(per_call(fn, frames, device))
         # overlay: blending in the encoder thread as in the pipeline; until the file is closed
         path = scratch / f"overlay_{run}.mp4"
         tic = time.perf_counter()
@@ -353,7 +332,7 @@ def _time_stages(
         "work_size": list(state.work_size),
         "objects": fmt.num_objects,
         "fps_in": info.fps,
-        "reference_s": _median(reference),
+        "reference_s": median(reference),
     }
     return results, meta
 
@@ -380,7 +359,7 @@ def _end_to_end(
         if summary.stopped_at:
             raise RuntimeError(f"the benchmark video stopped early: {summary.stopped_at}")
         shutil.rmtree(outputs.folder, ignore_errors=True)
-    s_per_frame = _median(seconds)
+    s_per_frame = median(seconds)
     result: dict[str, Any] = {
         "s_per_frame": s_per_frame,
         "fps": 1.0 / max(s_per_frame, 1e-12),
@@ -417,8 +396,8 @@ def _chunked(segmenter: Segmenter, source: Path, mask: Path, runs: int, scratch:
             shutil.rmtree(folder, ignore_errors=True)
     return {
         "chunk": chunk,
-        "s_per_frame_1": _median(seconds[1]),
-        "s_per_frame_chunk": _median(seconds[chunk]),
+        "s_per_frame_1": median(seconds[1]),
+        "s_per_frame_chunk": median(seconds[chunk]),
         "runs_1": seconds[1],
         "runs_chunk": seconds[chunk],
         "identical_masks": same,
@@ -461,13 +440,13 @@ def _first_mask(
             raise RuntimeError(f"vosrr segment on the 5-frame clip failed ({process.returncode}): {error}")
         first.append(seen if seen is not None else total[-1])
         shutil.rmtree(out, ignore_errors=True)
-    return {"first_mask_s": _median(first), "five_frames_s": _median(total), "runs_first": first, "runs_total": total}
+    return {"first_mask_s": median(first), "five_frames_s": median(total), "runs_first": first, "runs_total": total}
 
 
 def _merge_end_to_end(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One ``_end_to_end`` record from several single-run ones: median s/frame, every run, the highest peaks."""
     seconds = [r["s_per_frame"] for r in runs]
-    s_per_frame = _median(seconds)
+    s_per_frame = median(seconds)
     merged: dict[str, Any] = {
         "s_per_frame": s_per_frame,
         "fps": 1.0 / max(s_per_frame, 1e-12),
@@ -483,76 +462,6 @@ def _merge_end_to_end(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _quiet(message: str) -> None:
     del message
-
-
-# ----------------------------------------------------------------------------------------- Table 2
-def solve_table(
-    device: torch.device,
-    runs: int = 3,
-    channels: int = TABLE2_CHANNELS,
-    pixels: int = TABLE2_PIXELS,
-    blocks: tuple[int, ...] = TABLE2_BLOCKS,
-    lam: float = 5.0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Paper Table 2: time of statistics + Cholesky solve and the memory of A's k blocks and their factor.
-
-    X is unit-norm features plus a bias channel, Y a one-object split (background / object, 1 in 10
-    pixels), class-balanced weights; float32. Memory is counted, not sampled: ``k (C/k)^2`` floats for
-    the blocks of A and as many for the Cholesky factor (X itself, ``N C`` floats, is the same for all k).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    X = torch.randn(pixels, channels - 1, generator=generator)
-    X = torch.cat([torch.nn.functional.normalize(X, dim=1), torch.ones(pixels, 1)], 1).to(device)
-    labels = (torch.rand(pixels, generator=generator) < 0.1).long().to(device)
-    Y = solver.one_hot(labels, 2)
-    w = solver.balanced_weights(Y)
-    rows = []
-    for k in blocks:
-        c = channels // k
-        stats_times: list[float] = []
-        solve_times: list[float] = []
-        peak = None
-        with torch.inference_mode():
-            stats = solver.statistics(X, Y, w, k)  # warm-up
-            solver.solve(stats, lam)
-            if device.type == "cuda":
-                _sync(device)
-                base = torch.cuda.memory_allocated(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            stats_fn = lambda _, k=k: solver.statistics(X, Y, w, k)  # noqa: E731
-            solve_fn = lambda _, s=stats: solver.solve(s, lam)  # noqa: E731
-            stats_reps, solve_reps = _reps(stats_fn, device), _reps(solve_fn, device)
-            for _ in range(max(1, runs)):
-                stats_times.append(_per_call(stats_fn, stats_reps, device))
-                solve_times.append(_per_call(solve_fn, solve_reps, device))
-            if device.type == "cuda":
-                peak = (torch.cuda.max_memory_allocated(device) - base) / _MIB
-        floats = k * c * c
-        row = {
-            "blocks": k,
-            "block_size": c,
-            "statistics_ms": 1e3 * _median(stats_times),
-            "solve_ms": 1e3 * _median(solve_times),
-            "a_mib": floats * 4 / _MIB,
-            "factor_mib": floats * 4 / _MIB,
-        }
-        row["total_ms"] = row["statistics_ms"] + row["solve_ms"]
-        row["memory_mib"] = row["a_mib"] + row["factor_mib"]
-        if peak is not None:
-            row["cuda_measured_peak_mib"] = peak
-        rows.append(row)
-    return {
-        "channels": channels,
-        "pixels": pixels,
-        "dtype": "float32",
-        "x_mib": pixels * channels * 4 / _MIB,
-        "rows": rows,
-        "note": (
-            "the solve runs once per video (at the reference frame; again only when annotations or online "
-            "updates are added), so its cost is spread over all of the video's frames"
-        ),
-    }
 
 
 # ----------------------------------------------------------------------------------------- reporting
@@ -618,27 +527,6 @@ def _print_stages(console: Console, result: dict[str, Any]) -> None:
         )
     for line in lines:
         console.print(line)
-
-
-def _print_solve(console: Console, table2: dict[str, Any], device: str) -> None:
-    table = Table(
-        title=(
-            f"k-block solve (paper Table 2): C={table2['channels']}, N={table2['pixels']}, {table2['dtype']}, {device}"
-        )
-    )
-    for column in ("k", "block", "statistics ms", "Cholesky solve ms", "total ms", "A + factor MiB"):
-        table.add_column(column, justify="right")
-    for row in table2["rows"]:
-        table.add_row(
-            str(row["blocks"]),
-            f"{row['block_size']}x{row['block_size']}",
-            f"{row['statistics_ms']:.2f}",
-            f"{row['solve_ms']:.2f}",
-            f"{row['total_ms']:.2f}",
-            f"{row['memory_mib']:.2f}",
-        )
-    console.print(table)
-    console.print(f"note: {table2['note']}; X itself is {table2['x_mib']:.1f} MiB for every k.")
 
 
 # ----------------------------------------------------------------------------------------- entry point
@@ -722,7 +610,7 @@ def run_bench(
                 ratios.append(e2e_runs[-1]["s_per_frame"] / max(one["network"][0], 1e-12))
                 yardstick.append(e2e_runs[-1]["s_per_frame"] / max(one["mobilenet_v2"][0], 1e-12))
             result.update(meta)
-            medians = {stage: _median(values) for stage, values in per_run.items()}
+            medians = {stage: median(values) for stage, values in per_run.items()}
             result["stages_s_per_frame"] = {stage: medians[stage] for stage in STAGES}
             result["references_s_per_frame"] = {stage: medians[stage] for stage in REFERENCES}
             result["stage_runs"] = per_run
@@ -734,9 +622,9 @@ def run_bench(
             _, cache = _first_frames(source, 5)
             result["first_mask"] = _first_mask(cache, Path(mask), runs, scratch, weights, segmenter.config, device)
         result["end_to_end"] = e2e
-        result["end_to_end_over_backbone"] = _median(ratios)
+        result["end_to_end_over_backbone"] = median(ratios)
         result["end_to_end_over_backbone_runs"] = ratios
-        result["end_to_end_over_mobilenet_v2"] = _median(yardstick)
+        result["end_to_end_over_mobilenet_v2"] = median(yardstick)
         result["end_to_end_over_mobilenet_v2_runs"] = yardstick
         result["memory"] = {
             "peak_rss_mib": _rss_peak_mib(),
@@ -749,7 +637,7 @@ def run_bench(
         _print_stages(console, result)
     log("k-block solve (Table 2)")
     result["solve_table"] = solve_table(device, runs=max(runs, 3))
-    _print_solve(console, result["solve_table"], device.type)
+    print_solve(console, result["solve_table"], device.type)
     if solve_only:
         result["memory"] = {"peak_rss_mib": _rss_peak_mib()}
     out = Path(out)
