@@ -74,11 +74,14 @@ def _paint(page, path: list[tuple[float, float]], label: int, size: tuple[int, i
     def at(x: float, y: float) -> tuple[float, float]:
         return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
 
+    answered = int(page.locator("body").get_attribute("data-answered") or 0)
     page.mouse.move(*at(*path[0]))
     page.mouse.down()
     for x, y in path[1:]:
         page.mouse.move(*at(x, y), steps=8)
     page.mouse.up()
+    # this stroke's answer, not an earlier one's: pending can still read 0 before the page has sent the stroke
+    page.locator(f"body[data-answered='{answered + 1}']").wait_for(timeout=180_000)
     _idle(page)
 
 

@@ -16,7 +16,7 @@
     frame: 0, frames: 1, label: 1, objects: 1, radius: 8, opacity: 0.5,
     images: { frame: null, mask: null, strokes: null },
     drawing: null, hover: null, status: null, valid: new Uint8Array(1), annotated: new Set(),
-    shown: -1, showing: 0, pending: 0, job: null, followFrame: null, followBusy: false, drawQueued: false,
+    shown: -1, showing: 0, pending: 0, answered: 0, job: null, followFrame: null, followBusy: false, drawQueued: false,
   };
 
   // the DAVIS / PASCAL VOC colour map, as the masks use it
@@ -252,6 +252,8 @@
       setMessage(error.message, true);
     } finally {
       await refresh(index);
+      ui.answered += 1;  // how many changes the server has answered (what a test waits for)
+      document.body.dataset.answered = String(ui.answered);
       setPending(-1);
     }
   }
