@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import imageio_ffmpeg
@@ -422,6 +422,41 @@ def _matroska_frame(tick: int, frame: np.ndarray) -> bytes:
     return _ebml(b"\x1f\x43\xb6\x75", _ebml_uint(b"\xe7", nanoseconds) + _ebml(b"\xa3", block))
 
 
+class _Encoder(Protocol):
+    """What the overlay's encoder thread writes to: frame number ``index`` (in order), then ``close``."""
+
+    def send(self, frame: np.ndarray, index: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _ConstantRate:
+    """imageio-ffmpeg's writer (a generator): every frame the same duration."""
+
+    writer: Any
+
+    def send(self, frame: np.ndarray, index: int) -> None:
+        self.writer.send(np.ascontiguousarray(frame))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class _Timed:
+    """A ``TimedEncoder`` given each frame's time from the source's ``FrameTimes``."""
+
+    encoder: TimedEncoder
+    times: FrameTimes
+
+    def send(self, frame: np.ndarray, index: int) -> None:
+        self.encoder.send(frame, self.times.at(index))
+
+    def close(self) -> None:
+        self.encoder.close()
+
+
 class TimedEncoder:
     """An ffmpeg encoder fed raw frames that each carry their own time, so the video keeps a variable frame
     rate (imageio-ffmpeg's writer gives every frame the same duration).
@@ -534,49 +569,15 @@ class OverlayWriter:
         return self
 
     def _work(self) -> None:
-        writer: Any = None
+        encoder: _Encoder | None = None
         item: Any = None
         try:
             item = self._queue.get()
             if item is _DONE:
                 return  # no frame: no file
-            if self.times is not None:
-                self._work_timed(item, self.times)
-                return
-            writer = imageio_ffmpeg.write_frames(
-                ffmpeg_path(self.tmp),
-                self.size,
-                fps=self.fps,
-                codec="libx264",
-                pix_fmt_in="rgb24",
-                pix_fmt_out="yuv420p",
-                macro_block_size=2,
-                quality=self.quality,
-                ffmpeg_log_level="quiet",  # its failures are found by check_complete, and said in one line
-                output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
-                audio_path=None if self.audio is None else ffmpeg_path(self.audio),
-                audio_codec=None if self.audio is None else "aac",
-            )
-            writer.send(None)
+            encoder = self._open()
             while item is not _DONE:
-                writer.send(np.ascontiguousarray(self._padded(item() if callable(item) else item)))
-                self.frames += 1
-                item = self._queue.get()
-            writer.close()
-        except BaseException as error:
-            self._error = error
-            while item is not _DONE:  # drain so the producer never blocks
-                item = self._queue.get()
-            if writer is not None:
-                with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
-                    writer.close()
-
-    def _work_timed(self, item: Any, times: FrameTimes) -> None:
-        encoder: TimedEncoder | None = None
-        try:
-            encoder = TimedEncoder(self.tmp, self.size, self.fps, x264_options(self.quality), audio=self.audio)
-            while item is not _DONE:
-                encoder.send(self._padded(item() if callable(item) else item), times.at(self.frames))
+                encoder.send(self._padded(item() if callable(item) else item), self.frames)
                 self.frames += 1
                 item = self._queue.get()
             encoder.close()
@@ -587,6 +588,28 @@ class OverlayWriter:
             if encoder is not None:
                 with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
                     encoder.close()
+
+    def _open(self) -> _Encoder:
+        """The source's own frame times when known (``TimedEncoder``), else imageio-ffmpeg's constant rate."""
+        if self.times is not None:
+            encoder = TimedEncoder(self.tmp, self.size, self.fps, x264_options(self.quality), audio=self.audio)
+            return _Timed(encoder, self.times)
+        writer = imageio_ffmpeg.write_frames(
+            ffmpeg_path(self.tmp),
+            self.size,
+            fps=self.fps,
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            macro_block_size=2,
+            quality=self.quality,
+            ffmpeg_log_level="quiet",  # its failures are found by check_complete, and said in one line
+            output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
+            audio_path=None if self.audio is None else ffmpeg_path(self.audio),
+            audio_codec=None if self.audio is None else "aac",
+        )
+        writer.send(None)
+        return _ConstantRate(writer)
 
     def _padded(self, frame: np.ndarray) -> np.ndarray:
         width, height = self.size
