@@ -146,13 +146,44 @@ def test_window_suppresses_far_distractors_but_follows_an_object_that_jumped(shi
     assert seg.window(P, previous).argmax(0)[20:25, 30:35].all()
 
 
-@pytest.mark.parametrize("radius", [1, 2, 7, 30, 80])
-def test_window_dilation_equals_the_square_max_pool(radius: int) -> None:
-    from vosrr.decide import dilate as _dilate
+def _window_reference(P: torch.Tensor, previous: torch.Tensor, factor: float) -> torch.Tensor:
+    """The window as first written: one object at a time, a square max-pool, areas read back as Python floats."""
+    out = P.clone()
+    floor = P.min() - 1.0
+    areas = {}
+    for k in range(1, P.shape[0]):
+        region = (previous == k).float()
+        area = float(region.sum())
+        if area == 0:
+            continue
+        areas[k] = area
+        r = max(2, round(factor * area**0.5))
+        grown = torch.nn.functional.max_pool2d(region[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+        out[k] = torch.where(grown > 0, P[k], floor)
+    winners = out.argmax(0)
+    for k, area in areas.items():
+        if float((winners == k).sum()) < area / 3:
+            out[k] = P[k]
+    return out
 
-    region = (torch.rand(60, 107, generator=torch.Generator().manual_seed(radius)) > 0.99).float()
-    square = torch.nn.functional.max_pool2d(region[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
-    assert torch.equal(_dilate(region, radius), square)
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_vectorised_window_equals_the_object_by_object_one(seed: int) -> None:
+    from vosrr.decide import window
+
+    g = torch.Generator().manual_seed(seed)
+    objects = 1 + seed % 4
+    h, w = (60, 107) if seed % 2 else (17, 9)
+    previous = torch.zeros(h, w, dtype=torch.long)
+    for k in range(1, objects + 1):  # blobs of random size, some touching the border, one object sometimes lost
+        if seed == 4 and k == 2:
+            continue
+        y, x = (int(torch.randint(0, n, (1,), generator=g)) for n in (h, w))
+        size = int(torch.randint(1, 12, (1,), generator=g))
+        previous[max(0, y - size) : y + size, max(0, x - size) : x + size] = k
+    P = torch.randn(objects + 1, h, w, generator=g)
+    for factor in (0.0, 0.3, 1.0, 2.5, 100.0):
+        assert torch.equal(window(P, previous, factor), _window_reference(P, previous, factor)), factor
 
 
 def test_mirrored_reference_adds_the_mirrored_frames_statistics(shipped_model) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vosrr.annotations import Annotation
-from vosrr.segmenter import AnnotationError, Segmenter, Tracked, VideoState
+from vosrr.segmenter import AnnotationError, Segmenter, Tracked, VideoState, tracked
 from vosrr.state import Between
 
 __all__ = ["Store", "segment_frames"]
@@ -106,6 +106,7 @@ def _forwards(
     frames: MutableMapping[int, np.ndarray] | None = None
     scores: MutableMapping[int, np.ndarray] | None = None
     anchor = min(annotations)  # the last annotated frame passed
+    queue = segmenter.label_queue(state)
     for (index, frame), X in segmenter.feed.chunks(stream, _frame_of, state.work_size):
         if frame.shape[:2] != state.size:
             raise ValueError(
@@ -116,9 +117,10 @@ def _forwards(
             state, out = segmenter.add_annotation(state, frame, annotation, X=X)
             if waiting:
                 assert frames is not None and scores is not None
+                yield from tracked(queue.flush())
                 yield from _blend(segmenter, state, frames, scores, waiting, anchor, index, store)
                 waiting = []
-            yield Tracked(index, frame, out, state)
+            yield from tracked(queue.ready((index, frame, state), out))
             anchor = index
             continue
         state, P = segmenter.advance_scores(state, X)
@@ -128,12 +130,14 @@ def _forwards(
             frames[index], scores[index] = frame, P.float().cpu().numpy()
             waiting.append(index)
             continue
-        yield Tracked(index, frame, segmenter.labels(state, P, frame), state)
+        yield from tracked(queue.put((index, frame, state), P, frame))
+    yield from tracked(queue.flush())
     if waiting:  # the video ended before the next annotation: those frames keep their forward pass
         assert frames is not None and scores is not None
         for i in waiting:
             P = torch.from_numpy(scores[i]).to(segmenter.device)
-            yield Tracked(i, frames[i], segmenter.labels(state, P, frames[i]), state)
+            yield from tracked(queue.put((i, frames[i], state), P, frames[i]))
+        yield from tracked(queue.flush())
 
 
 def _blend(
@@ -164,9 +168,11 @@ def _blend(
             mixes = store(tuple(mixed.shape), np.dtype(np.float32))
         mixes[index] = mixed.float().cpu().numpy()
     assert mixes is not None
+    queue = segmenter.label_queue(state)
     for i in waiting:
         P = torch.from_numpy(mixes[i]).to(segmenter.device)
-        yield Tracked(i, frames[i], segmenter.labels(state, P, frames[i]), state)
+        yield from tracked(queue.put((i, frames[i], state), P, frames[i]))
+    yield from tracked(queue.flush())
 
 
 def _frame_of(item: tuple[int, np.ndarray]) -> np.ndarray:

@@ -27,7 +27,7 @@ from vosrr.feed import Feed
 from vosrr.solver import Stats
 from vosrr.state import SegmentConfig, VideoState
 
-__all__ = ["AnnotationError", "SegmentConfig", "Segmenter", "Tracked", "VideoState"]
+__all__ = ["AnnotationError", "SegmentConfig", "Segmenter", "Tracked", "VideoState", "tracked"]
 
 #: the online update samples cells only while at least this many remain (854x480 has 6420 cells)
 _MIN_ONLINE_CELLS = 1024
@@ -261,7 +261,7 @@ class Segmenter:
                 cap=self._cap,
             )
             memory = new if state.memory is None else state.memory.scale(self.config.decay) + new
-            W = solver.solve(state.reference + memory, self.lam)
+            W = solver.solve(state.reference + memory, self.lam, check=False)  # no wait for the device
         return replace(state, memory=memory, W=W)
 
     def step(self, state: VideoState, frame: np.ndarray) -> tuple[VideoState, np.ndarray]:
@@ -325,6 +325,7 @@ class Segmenter:
                 raise ValueError(f"frame {index} starts the loop but has no annotation")
             state, out = self.start(frame, annotations[index])
             yield Tracked(index, frame, out, state)
+        queue = self.label_queue(state)
         for (index, frame), X in self.feed.chunks(items, _frame_of, state.work_size):
             if frame.shape[:2] != state.size:
                 raise ValueError(
@@ -332,10 +333,18 @@ class Segmenter:
                 )
             annotation = annotations.get(index)
             if annotation is None:
-                state, out = self.advance(state, frame, X)
+                state, P = self.advance_scores(state, X)
+                done = queue.put((index, frame, state), P, frame)
             else:
                 state, out = self.add_annotation(state, frame, annotation, X=X)
-            yield Tracked(index, frame, out, state)
+                done = queue.ready((index, frame, state), out)
+            yield from tracked(done)
+        yield from tracked(queue.flush())
+
+    def label_queue(self, state: VideoState) -> decide.LabelQueue[tuple[int, np.ndarray, VideoState]]:
+        """A queue that turns ``state``'s video's scores into labels in frame order (``decide.LabelQueue``: on a
+        GPU they come back without the frame loop waiting for them)."""
+        return decide.LabelQueue(self.decision, state.work_size, state.size)
 
 
 def _fit(predicted: Tensor, annotated: Tensor, num_classes: int) -> float | None:
@@ -350,6 +359,12 @@ def _fit(predicted: Tensor, annotated: Tensor, num_classes: int) -> float | None
 
 def _frame_of(item: tuple[int, np.ndarray]) -> np.ndarray:
     return item[1]
+
+
+def tracked(done: Iterable[tuple[tuple[int, np.ndarray, VideoState], np.ndarray]]) -> Iterator[Tracked]:
+    """``Tracked`` of a ``LabelQueue``'s finished ``((index, frame, state), labels)`` pairs."""
+    for (index, frame, state), out in done:
+        yield Tracked(index, frame, out, state)
 
 
 def _as_annotation(annotation: Annotation | np.ndarray) -> Annotation:

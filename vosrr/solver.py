@@ -85,15 +85,18 @@ def statistics(X: Tensor, Y: Tensor, weights: Tensor | None = None, blocks: int 
     return Stats(A, B)
 
 
-def solve(stats: Stats, lam: float | Tensor) -> Tensor:
+def solve(stats: Stats, lam: float | Tensor, *, check: bool = True) -> Tensor:
     """``solve(Stats(A[...,k,c,c], B[...,C,K]), lam) -> W[...,C,K]`` by a batched Cholesky factorisation.
 
     ``lam`` may be a tensor (learnable); it must be positive, which makes every block positive definite.
+    ``check=False`` skips the factorisation's error check, the one place a solve reads a value back to the host
+    (on a GPU, a wait for the device): the frame loop's re-solves, whose ``A`` is a sum of ``X^T D X`` terms
+    and ``lam`` at least 0.001, so positive definite.
     """
     A, B = stats
     k, c = A.shape[-3], A.shape[-1]
     eye = torch.eye(c, dtype=A.dtype, device=A.device)
-    L = torch.linalg.cholesky(A + lam * eye)
+    L, _ = torch.linalg.cholesky_ex(A + lam * eye, check_errors=check)
     Bb = B.unflatten(-2, (k, c))  # [..., k, c, K]
     W = torch.cholesky_solve(Bb, L)
     return W.flatten(-3, -2)
