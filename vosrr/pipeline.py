@@ -1,7 +1,7 @@
 """One whole job: a video and its annotations in, per-frame masks and an overlay video out.
 
-Reading (decode thread), the network (this thread) and writing (PNG thread, encoder thread) overlap;
-nothing holds more than a few frames, so memory is flat in the video's length.
+Reading (decode threads), the network (this thread) and writing (PNG threads, overlay threads, the encoder)
+overlap; nothing holds more than a few frames, so memory is flat in the video's length.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mas
 from vosrr.propagate import Store, segment_frames
 from vosrr.segmenter import AnnotationError, Segmenter
 from vosrr.state import VideoState
-from vosrr.video import OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
+from vosrr.video import OUTPUT_WORKERS, OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
 
 __all__ = ["MAX_FULL_SIDE", "OutputError", "Outputs", "Summary", "prepare_output", "segment_video"]
 
@@ -254,7 +254,7 @@ def _run(
     last = -1
     sinks: Exports = Exports()
     with (
-        ThreadPoolExecutor(1, thread_name_prefix="vosrr-png") as pool,
+        ThreadPoolExecutor(OUTPUT_WORKERS, thread_name_prefix="vosrr-png") as pool,
         _maybe_writer(outputs, info) as writer,
         contextlib.ExitStack() as later,
     ):
@@ -269,7 +269,7 @@ def _run(
                 with _whole_frame():  # a signal lands between frames: never a mask without its overlay frame
                     if outputs.masks:
                         pending.append(pool.submit(write_mask, outputs.mask_dir / f"{t.index:05d}.png", t.labels, fmt))
-                        while len(pending) > 8 or (pending and pending[0].done()):
+                        while len(pending) > 2 * OUTPUT_WORKERS + 4 or (pending and pending[0].done()):
                             pending.popleft().result()
                     if writer is not None:
                         writer.write(

@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "FRAME_SUFFIXES",
+    "OUTPUT_WORKERS",
     "TICKS",
     "VIDEO_SUFFIXES",
     "FrameTimes",
@@ -124,6 +125,9 @@ def _read_image(path: Path) -> np.ndarray:
 
 #: frame files decoded at once, ahead of the one given out (OpenCV's decoders let go of the GIL)
 READ_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+#: threads that draw overlay frames (and, in the pipeline, write the mask PNGs): several frames at once
+OUTPUT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _read_ahead(files: list[Path], workers: int = READ_WORKERS) -> Iterator[np.ndarray]:
@@ -531,8 +535,9 @@ def x264_options(quality: int) -> list[str]:
 class OverlayWriter:
     """Encode frames to an H.264 mp4 in a background thread; the file appears (by rename) only when complete.
 
-    Use as a context manager; ``write(frame)`` queues a frame, or a callable returning one (so the
-    blending also runs off the main thread). Odd frame sizes are padded by one pixel (H.264 needs even
+    Use as a context manager; ``write(frame)`` queues a frame, or a callable returning one: callables run in a
+    pool of ``workers`` threads (the blending runs off the main thread, several frames at once), and the encoder
+    takes their frames in order. Odd frame sizes are padded by one pixel (H.264 needs even
     sizes). A run that stops early still leaves a playable video of the frames written so far; a failed
     encoder leaves nothing. With ``times`` (a video file's own frame times) frame ``i`` keeps the time of the
     source's frame ``i`` (a variable-frame-rate phone video stays in step with its sound); without, the frames
@@ -549,6 +554,7 @@ class OverlayWriter:
         quality: int = 6,
         audio: Path | None = None,
         times: FrameTimes | None = None,
+        workers: int = OUTPUT_WORKERS,
     ) -> None:
         self.path = Path(path)
         self.times = times
@@ -563,6 +569,7 @@ class OverlayWriter:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="vosrr-encode", daemon=True)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vosrr-blend")
 
     def __enter__(self) -> OverlayWriter:
         self._thread.start()
@@ -577,7 +584,7 @@ class OverlayWriter:
                 return  # no frame: no file
             encoder = self._open()
             while item is not _DONE:
-                encoder.send(self._padded(item() if callable(item) else item), self.frames)
+                encoder.send(self._padded(item.result() if isinstance(item, Future) else item), self.frames)
                 self.frames += 1
                 item = self._queue.get()
             encoder.close()
@@ -627,12 +634,13 @@ class OverlayWriter:
     def write(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
         if self._error is not None:
             raise self._failure() from self._error
-        self._queue.put(frame)
+        self._queue.put(self._pool.submit(frame) if callable(frame) else frame)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self._queue.put(_DONE)
             self._thread.join()
+            self._pool.shutdown(cancel_futures=True)
         finally:
             done = not self._thread.is_alive() and self._error is None and self.frames > 0
             if done and self.tmp.exists():
