@@ -286,3 +286,19 @@ def test_margin_shrinks_objects_towards_their_confident_core(shipped_model) -> N
         previous = labels
     with pytest.raises(ValueError, match="margin"):
         SegmentConfig(margin=2.0)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino-f32", "openvino"])
+def test_chunk_option_writes_the_same_masks_with_a_correction_between(tmp_path: Path, runtime: str) -> None:
+    images, labels = make_sample.make_clip(9, 128, 224, 2, seed=4)
+    folder = write_frames(tmp_path / "frames", images)
+    first = write_palette_mask(tmp_path / "m0.png", labels[0])
+    fix = write_palette_mask(tmp_path / "m6.png", labels[6])
+    written = []
+    for chunk in ("1", "4"):
+        out = tmp_path / f"c{chunk}"
+        args = ["segment", str(folder), "--mask", str(first), "--mask", f"6:{fix}", "--chunk", chunk]
+        result = runner.invoke(app, [*args, "--runtime", runtime, "--no-overlay", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        written.append([p.read_bytes() for p in sorted((out / "masks").glob("*.png"))])
+    assert len(written[0]) == 9 and written[0] == written[1]

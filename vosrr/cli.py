@@ -39,6 +39,7 @@ from vosrr.cli_base import (
     Accurate,
     BetweenOption,
     Blocks,
+    Chunk,
     Debug,
     Device,
     ExitCode,
@@ -174,6 +175,7 @@ def segment(
     flip: Flip = None,
     accurate: Accurate = False,
     runtime: RuntimeOption = _DEFAULT.runtime,
+    chunk: Chunk = None,
     fps: Annotated[
         float | None, typer.Option("--fps", help="Frame rate of the overlay (default: the input's; 24 for folders).")
     ] = None,
@@ -223,6 +225,7 @@ def segment(
         margin=margin,
         between=between,
         runtime=runtime,
+        chunk=chunk,
     )
     base = video.resolve() if video.name in ("", "..") else video  # "." and ".." have no name of their own
     target = out or base.with_name(f"{base.stem}_vosrr")

@@ -210,6 +210,13 @@ BetweenOption = Annotated[
         "blended by distance) or forward (from the earlier one only).",
     ),
 ]
+Chunk = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk",
+        help="Frames per network batch (default: 16 on a GPU, 1 on a CPU); the masks do not depend on it.",
+    ),
+]
 RuntimeOption = Annotated[
     str,
     typer.Option(
@@ -252,6 +259,7 @@ def _segment_config(
     margin: float = _DEFAULT.margin,
     between: str = _DEFAULT.between,
     runtime: str = _DEFAULT.runtime,
+    chunk: int | None = _DEFAULT.chunk,
 ) -> SegmentConfig:
     """The segmenter's configuration from the options `segment` and `eval` share (a bad value exits 2)."""
     try:
@@ -269,6 +277,7 @@ def _segment_config(
             margin=margin,
             between=between,  # type: ignore[arg-type]  (checked by SegmentConfig)
             runtime=runtime,  # type: ignore[arg-type]  (checked by SegmentConfig)
+            chunk=chunk,
         )
     except ValueError as error:  # "lam must be ...": said as the option the user typed, with what to do
         name, _, rest = str(error).partition(" ")
@@ -287,6 +296,7 @@ __all__ = [
     "Accurate",
     "BetweenOption",
     "Blocks",
+    "Chunk",
     "Debug",
     "Device",
     "ExitCode",
