@@ -126,8 +126,9 @@ def _read_image(path: Path) -> np.ndarray:
 #: frame files decoded at once, ahead of the one given out (OpenCV's decoders let go of the GIL)
 READ_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
-#: threads that draw overlay frames (and, in the pipeline, write the mask PNGs): several frames at once
-OUTPUT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: threads that draw overlay frames (and, in the pipeline, write the mask PNGs): several frames at once where
+#: there are cores to spare (a quarter of them, at most 4); one on a small machine, whose cores run the network
+OUTPUT_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _read_ahead(files: list[Path], workers: int = READ_WORKERS) -> Iterator[np.ndarray]:
