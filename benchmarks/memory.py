@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from vosrr.encode import OverlayWriter
 from vosrr.masks import MaskFormat, write_mask
-from vosrr.video import OverlayWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.1

@@ -160,8 +160,8 @@ def write_annotations(folder: Path, frames: int = 48, later: int = 24) -> tuple[
 
 def write_sample(folder: Path, frames: int = 48, fps: float = 24.0) -> tuple[Path, Path]:
     """Write ``clip.mp4`` and ``clip_mask.png`` (first-frame mask, ids 1 and 2) into ``folder``."""
+    from vosrr.encode import OverlayWriter
     from vosrr.masks import MaskFormat, write_mask
-    from vosrr.video import OverlayWriter
 
     images, labels = make_clip(frames)
     height, width = labels[0].shape

@@ -13,8 +13,8 @@ import torch
 
 from vosrr.checkpoint import DEFAULT_WEIGHTS, load_model, save_checkpoint
 from vosrr.embedding import Embedder, ModelConfig
+from vosrr.encode import OverlayWriter
 from vosrr.masks import MaskFormat, write_mask
-from vosrr.video import OverlayWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 DAVIS = ROOT.parent / "shared" / "davis2016"

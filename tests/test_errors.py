@@ -734,7 +734,7 @@ def test_a_higher_overlay_rate_is_not_called_truncation(segment, clip, tmp_path:
 
 
 def test_two_overlay_writers_for_one_file_never_share_a_temporary_file(tmp_path: Path) -> None:
-    from vosrr.video import OverlayWriter
+    from vosrr.encode import OverlayWriter
 
     a, b = (OverlayWriter(tmp_path / "overlay.mp4", 32, 32, 10.0) for _ in range(2))
     assert a.tmp != b.tmp and a.tmp.parent == b.tmp.parent == tmp_path

@@ -16,7 +16,8 @@ import pytest
 from conftest import iou, make_sample, write_frames, write_palette_mask, write_video
 from PIL import Image
 
-from vosrr.video import DEFAULT_FPS, TICKS, OutputError, OverlayWriter, VideoError, open_video, prefetch
+from vosrr.encode import OverlayWriter
+from vosrr.video import DEFAULT_FPS, TICKS, OutputError, VideoError, open_video, prefetch
 
 
 @pytest.fixture(scope="module")

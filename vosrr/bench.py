@@ -39,6 +39,7 @@ from rich.table import Table
 
 import vosrr
 from vosrr.checkpoint import load_model
+from vosrr.encode import OverlayWriter
 from vosrr.feed import GPU_CHUNK
 from vosrr.masks import MaskError, davis_palette, overlay, write_mask
 from vosrr.pipeline import Outputs, load_reference, segment_video
@@ -53,7 +54,7 @@ from vosrr.solve_bench import (
     solve_table,
     sync,
 )
-from vosrr.video import FRAME_SUFFIXES, OverlayWriter, VideoError, VideoInfo, open_video
+from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, open_video
 
 __all__ = ["REFERENCES", "STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
 

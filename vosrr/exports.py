@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from vosrr.encode import TimedEncoder
 from vosrr.masks import MaskFormat, atomic_save
-from vosrr.video import OutputError, TimedEncoder, VideoInfo, check_complete, ffmpeg_path
+from vosrr.video import OutputError, VideoInfo, check_complete, ffmpeg_path
 
 __all__ = [
     "ALPHA_VIDEO",

@@ -22,13 +22,14 @@ from typing import BinaryIO
 import numpy as np
 
 from vosrr.annotations import Mark, Timeline, load_timeline
+from vosrr.encode import OUTPUT_WORKERS, OverlayWriter
 from vosrr.exports import Exports, open_exports
 from vosrr.mask_reader import MaskKind
 from vosrr.masks import MaskError, MaskFormat, davis_palette, overlay, write_mask
 from vosrr.propagate import Store, segment_frames
 from vosrr.segmenter import AnnotationError, Segmenter
 from vosrr.state import VideoState
-from vosrr.video import OUTPUT_WORKERS, OutputError, OverlayWriter, VideoError, VideoInfo, open_video, prefetch
+from vosrr.video import OutputError, VideoError, VideoInfo, open_video, prefetch
 
 __all__ = ["MAX_FULL_SIDE", "OutputError", "Outputs", "Summary", "prepare_output", "segment_video"]
 

@@ -1,7 +1,7 @@
-"""Frames in and frames out: video files and DAVIS-style frame folders, streamed, never held whole.
+"""Frames in: video files and DAVIS-style frame folders, streamed, never held whole (``vosrr.encode``: out).
 
-Reading and writing run in background threads with small bounded queues, so decoding and encoding
-overlap with the network instead of adding to it, and memory stays flat however long the video is.
+Decoding runs in background threads (ffmpeg, or a pool for a folder's images) with small bounded queues, so
+it overlaps with the network instead of adding to it, and memory stays flat however long the video is.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import imageio_ffmpeg
@@ -30,17 +29,19 @@ import numpy as np
 
 __all__ = [
     "FRAME_SUFFIXES",
-    "OUTPUT_WORKERS",
     "TICKS",
     "VIDEO_SUFFIXES",
     "FrameTimes",
     "OutputError",
-    "OverlayWriter",
     "VideoError",
     "VideoInfo",
+    "check_complete",
+    "ffmpeg_path",
     "frame_files",
+    "last_line",
     "open_video",
     "prefetch",
+    "read_image",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -116,7 +117,7 @@ def frame_files(folder: Path, exclude: Collection[Path] = ()) -> list[Path]:
     )
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise VideoError(f"cannot decode frame {path}: not a readable image; replace or remove it")
@@ -125,10 +126,6 @@ def _read_image(path: Path) -> np.ndarray:
 
 #: frame files decoded at once, ahead of the one given out (OpenCV's decoders let go of the GIL)
 READ_WORKERS = max(1, min(4, os.cpu_count() or 1))
-
-#: threads that draw overlay frames (and, in the pipeline, write the mask PNGs): several frames at once where
-#: there are cores to spare (a quarter of them, at most 4); one on a small machine, whose cores run the network
-OUTPUT_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _read_ahead(files: list[Path], workers: int = READ_WORKERS) -> Iterator[np.ndarray]:
@@ -139,11 +136,11 @@ def _read_ahead(files: list[Path], workers: int = READ_WORKERS) -> Iterator[np.n
     names = iter(files)
     try:
         for file in itertools.islice(names, 2 * workers):
-            pending.append(pool.submit(_read_image, file))
+            pending.append(pool.submit(read_image, file))
         while pending:
             frame = pending.popleft().result()
             if (file := next(names, None)) is not None:
-                pending.append(pool.submit(_read_image, file))
+                pending.append(pool.submit(read_image, file))
             yield frame
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -164,7 +161,8 @@ def _to_rgb(image: np.ndarray, bgr: bool) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-empty line of an error text (ffmpeg's, say), for one-line messages."""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
 
@@ -185,7 +183,7 @@ def open_video(
         files = frame_files(path, exclude)
         if not files:
             raise VideoError(f"folder {path} holds no frames ({', '.join(FRAME_SUFFIXES)}); {_WHAT_TO_GIVE}")
-        first = _read_image(files[0])
+        first = read_image(files[0])
         taken = set(files)
         skipped = tuple(
             p.name for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in taken
@@ -204,7 +202,7 @@ def open_video(
 
         return info, frames_from_folder()
     if path.suffix.lower() in FRAME_SUFFIXES:
-        frame = _read_image(path)
+        frame = read_image(path)
         return VideoInfo(path, frame.shape[1], frame.shape[0], fps or DEFAULT_FPS, 1), iter([frame])
     try:
         with _quiet_reader():
@@ -217,7 +215,7 @@ def open_video(
         if any(s in text for s in ("received no packets", "does not contain any stream", "matches no streams")):
             raise VideoError(f"{path} holds no video frames (0 frames); {_WHAT_TO_GIVE}") from error
         reason = (
-            "moov atom not found: not a complete mp4/mov file" if "moov atom not found" in text else _last_line(text)
+            "moov atom not found: not a complete mp4/mov file" if "moov atom not found" in text else last_line(text)
         )
         raise VideoError(f"cannot read {path} as a video ({reason}); {_WHAT_TO_GIVE}") from error
     source_rate = float(meta.get("fps") or DEFAULT_FPS)
@@ -251,7 +249,7 @@ def check_complete(path: Path) -> None:
             reader.close()
     except (OSError, RuntimeError, StopIteration, ValueError) as error:
         free = shutil.disk_usage(Path(path).parent).free
-        why = "no space left on the device" if free < 1 << 20 else _last_line(str(error)) or "unreadable"
+        why = "no space left on the device" if free < 1 << 20 else last_line(str(error)) or "unreadable"
         raise OSError(f"the encoder's file is incomplete ({why})") from error
 
 
@@ -388,271 +386,3 @@ def prefetch(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarra
                 slots.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-
-
-def _ebml(element: bytes, payload: bytes) -> bytes:
-    """One Matroska (EBML) element: its id, its size (a variable-length number), its payload."""
-    size = len(payload)
-    length = next(n for n in range(1, 9) if size < (1 << (7 * n)) - 1)
-    return element + (size | (1 << (7 * length))).to_bytes(length, "big") + payload
-
-
-def _ebml_uint(element: bytes, value: int) -> bytes:
-    return _ebml(element, value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
-
-
-def _matroska_header(width: int, height: int, fourcc: bytes, fps: float) -> bytes:
-    """A Matroska stream of one raw video track (``fourcc``: ``RGB\\x18`` or ``RGBA``), timestamps in ns.
-
-    ``fps``, the track's nominal rate, gives each frame a duration (the encoder picks its level by it, and the
-    mp4 muxer counts the last frame in by it); the frames' own timestamps still decide when each is shown.
-    """
-    head = _ebml_uint(b"\x42\x86", 1) + _ebml_uint(b"\x42\xf7", 1) + _ebml_uint(b"\x42\xf2", 4)
-    head += _ebml_uint(b"\x42\xf3", 8) + _ebml(b"\x42\x82", b"matroska") + _ebml_uint(b"\x42\x87", 4)
-    head += _ebml_uint(b"\x42\x85", 2)
-    info = _ebml_uint(b"\x2a\xd7\xb1", 1) + _ebml(b"\x4d\x80", b"vosrr") + _ebml(b"\x57\x41", b"vosrr")
-    video = _ebml_uint(b"\xb0", width) + _ebml_uint(b"\xba", height) + _ebml(b"\x2e\xb5\x24", fourcc)
-    track = _ebml_uint(b"\xd7", 1) + _ebml_uint(b"\x73\xc5", 1) + _ebml_uint(b"\x83", 1)
-    track += _ebml_uint(b"\x23\xe3\x83", round(1_000_000_000 / fps))  # DefaultDuration
-    track += _ebml(b"\x86", b"V_UNCOMPRESSED") + _ebml(b"\xe0", video)
-    segment = b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff"  # of unknown size: a stream
-    tracks = _ebml(b"\x16\x54\xae\x6b", _ebml(b"\xae", track))
-    return _ebml(b"\x1a\x45\xdf\xa3", head) + segment + _ebml(b"\x15\x49\xa9\x66", info) + tracks
-
-
-def _matroska_frame(tick: int, frame: np.ndarray) -> bytes:
-    """One frame at ``tick`` (1/TICKS s) as a cluster of its own holding one key block."""
-    nanoseconds = round(tick * 1_000_000_000 / TICKS)
-    block = b"\x81\x00\x00\x80" + frame.tobytes()  # track 1, no offset from the cluster, a key frame
-    return _ebml(b"\x1f\x43\xb6\x75", _ebml_uint(b"\xe7", nanoseconds) + _ebml(b"\xa3", block))
-
-
-class _Encoder(Protocol):
-    """What the overlay's encoder thread writes to: frame number ``index`` (in order), then ``close``."""
-
-    def send(self, frame: np.ndarray, index: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class _ConstantRate:
-    """imageio-ffmpeg's writer (a generator): every frame the same duration."""
-
-    writer: Any
-
-    def send(self, frame: np.ndarray, index: int) -> None:
-        self.writer.send(np.ascontiguousarray(frame))
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-@dataclass
-class _Timed:
-    """A ``TimedEncoder`` given each frame's time from the source's ``FrameTimes``."""
-
-    encoder: TimedEncoder
-    times: FrameTimes
-
-    def send(self, frame: np.ndarray, index: int) -> None:
-        self.encoder.send(frame, self.times.at(index))
-
-    def close(self) -> None:
-        self.encoder.close()
-
-
-class TimedEncoder:
-    """An ffmpeg encoder fed raw frames that each carry their own time, so the video keeps a variable frame
-    rate (imageio-ffmpeg's writer gives every frame the same duration).
-
-    ``send(frame, tick)``: times in 1/TICKS s, increasing (a time not past the last is moved one tick past it).
-    ``close()`` waits for ffmpeg and raises ``OSError`` when it failed. ``codec``: ffmpeg's output options for
-    the video stream; ``audio``: a file whose first audio stream goes in as AAC, cut to the frames sent.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        size: tuple[int, int],
-        fps: float,
-        codec: list[str],
-        alpha: bool = False,
-        audio: Path | None = None,
-    ) -> None:
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-v", "quiet", "-f", "matroska", "-i", "pipe:0"]
-        if audio is not None:
-            command += ["-i", ffmpeg_path(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest"]
-        command += ["-c:v", *codec, "-fps_mode", "passthrough", "-enc_time_base", f"1:{TICKS}"]
-        command += ["-video_track_timescale", str(TICKS), ffmpeg_path(path)]
-        # its own process group, as imageio-ffmpeg's writer: a Ctrl-C stops Python, which closes the file cleanly
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._channels = 4 if alpha else 3
-        self._last: int | None = None
-        self._write(_matroska_header(*size, b"RGBA" if alpha else b"RGB\x18", fps))
-
-    def _write(self, data: bytes) -> None:
-        assert self._process.stdin is not None
-        try:
-            self._process.stdin.write(data)
-        except BrokenPipeError as error:
-            raise OSError(f"the encoder stopped: {_ffmpeg_failure(self._process.wait())}") from error
-
-    def send(self, frame: np.ndarray, tick: int) -> None:
-        if frame.ndim != 3 or frame.shape[2] != self._channels or frame.dtype != np.uint8:
-            raise ValueError(f"a frame must be [H,W,{self._channels}] uint8, not {frame.shape} {frame.dtype}")
-        tick = max(tick, 0 if self._last is None else self._last + 1)
-        self._last = tick
-        self._write(_matroska_frame(tick, np.ascontiguousarray(frame)))
-
-    def close(self) -> None:
-        assert self._process.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._process.stdin.close()
-        status = self._process.wait()
-        if status:
-            raise OSError(_ffmpeg_failure(status))
-
-
-def _ffmpeg_failure(status: int) -> str:
-    """Why ffmpeg exited with ``status``: a negative errno (256 - errno: 228 is a full disk; 255 is a signal)."""
-    code = 256 - status
-    if 1 < code < 128 and os.strerror(code) != f"Unknown error {code}":
-        return os.strerror(code).lower()
-    return f"ffmpeg exited with status {status}"
-
-
-def x264_options(quality: int) -> list[str]:
-    """libx264 at imageio-ffmpeg's ``quality`` (0-10, its CRF mapping), yuv420p, the veryfast preset."""
-    return ["libx264", "-pix_fmt", "yuv420p", "-crf", str(int((1 - quality / 10.0) * 51)), "-preset", "veryfast"]
-
-
-class OverlayWriter:
-    """Encode frames to an H.264 mp4 in a background thread; the file appears (by rename) only when complete.
-
-    Use as a context manager; ``write(frame)`` queues a frame, or a callable returning one: callables run in a
-    pool of ``workers`` threads (the blending runs off the main thread, several frames at once), and the encoder
-    takes their frames in order. Odd frame sizes are padded by one pixel (H.264 needs even
-    sizes). A run that stops early still leaves a playable video of the frames written so far; a failed
-    encoder leaves nothing. With ``times`` (a video file's own frame times) frame ``i`` keeps the time of the
-    source's frame ``i`` (a variable-frame-rate phone video stays in step with its sound); without, the frames
-    are ``fps`` apart.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        width: int,
-        height: int,
-        fps: float,
-        depth: int = 8,
-        quality: int = 6,
-        audio: Path | None = None,
-        times: FrameTimes | None = None,
-        workers: int = OUTPUT_WORKERS,
-    ) -> None:
-        self.path = Path(path)
-        self.times = times
-        self.audio = audio
-        """a file whose first audio stream goes into the video (AAC, cut to the frames written)"""
-        self.quality = quality
-        # a name of this writer's own: two runs into one folder never write (or rename) each other's file
-        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{self.path.suffix}")
-        self.size = (width + width % 2, height + height % 2)
-        self.fps = fps
-        self.frames = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="vosrr-encode", daemon=True)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vosrr-blend")
-
-    def __enter__(self) -> OverlayWriter:
-        self._thread.start()
-        return self
-
-    def _work(self) -> None:
-        encoder: _Encoder | None = None
-        item: Any = None
-        try:
-            item = self._queue.get()
-            if item is _DONE:
-                return  # no frame: no file
-            encoder = self._open()
-            while item is not _DONE:
-                encoder.send(self._padded(item.result() if isinstance(item, Future) else item), self.frames)
-                self.frames += 1
-                item = self._queue.get()
-            encoder.close()
-        except BaseException as error:
-            self._error = error
-            while item is not _DONE:  # drain so the producer never blocks
-                item = self._queue.get()
-            if encoder is not None:
-                with contextlib.suppress(Exception):  # the encoder is broken already; its file is dropped
-                    encoder.close()
-
-    def _open(self) -> _Encoder:
-        """The source's own frame times when known (``TimedEncoder``), else imageio-ffmpeg's constant rate."""
-        if self.times is not None:
-            encoder = TimedEncoder(self.tmp, self.size, self.fps, x264_options(self.quality), audio=self.audio)
-            return _Timed(encoder, self.times)
-        writer = imageio_ffmpeg.write_frames(
-            ffmpeg_path(self.tmp),
-            self.size,
-            fps=self.fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            macro_block_size=2,
-            quality=self.quality,
-            ffmpeg_log_level="quiet",  # its failures are found by check_complete, and said in one line
-            output_params=["-preset", "veryfast", *(["-shortest"] if self.audio else [])],
-            audio_path=None if self.audio is None else ffmpeg_path(self.audio),
-            audio_codec=None if self.audio is None else "aac",
-        )
-        writer.send(None)
-        return _ConstantRate(writer)
-
-    def _padded(self, frame: np.ndarray) -> np.ndarray:
-        width, height = self.size
-        if frame.shape[:2] != (height, width):
-            pad = ((0, height - frame.shape[0]), (0, width - frame.shape[1]), (0, 0))
-            frame = np.pad(frame, pad, mode="edge")
-        return frame
-
-    def _failure(self) -> OutputError:
-        return OutputError(
-            f"writing {self.path} failed ({_last_line(str(self._error))}); "
-            "check free disk space, or pass --no-overlay to skip the overlay"
-        )
-
-    def write(self, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
-        if self._error is not None:
-            raise self._failure() from self._error
-        self._queue.put(self._pool.submit(frame) if callable(frame) else frame)
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            self._queue.put(_DONE)
-            self._thread.join()
-            self._pool.shutdown(cancel_futures=True)
-        finally:
-            done = not self._thread.is_alive() and self._error is None and self.frames > 0
-            if done and self.tmp.exists():
-                try:
-                    check_complete(self.tmp)
-                except OSError as error:
-                    self._error = error
-                    done = False
-            if done and self.tmp.exists():
-                os.replace(self.tmp, self.path)  # an interrupted run still leaves a playable (shorter) video
-            else:
-                self.tmp.unlink(missing_ok=True)
-        if self._error is not None and exc is None:
-            raise self._failure() from self._error

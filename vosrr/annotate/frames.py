@@ -23,7 +23,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, _read_image, ffmpeg_path, frame_files, open_video
+from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, ffmpeg_path, frame_files, open_video, read_image
 
 __all__ = ["FrameSource"]
 
@@ -174,7 +174,7 @@ class FrameSource:
 
     def _load(self, index: int) -> np.ndarray:
         if self._files is not None:
-            frame = _read_image(self._files[index])
+            frame = read_image(self._files[index])
             if frame.shape[:2] != self.size:
                 raise VideoError(
                     f"frame {self._files[index].name} is {frame.shape[1]}x{frame.shape[0]}, the first is "
@@ -182,7 +182,7 @@ class FrameSource:
                 )
             return frame
         if self._single:
-            return _read_image(self.path)
+            return read_image(self.path)
         decoder = self._decoder
         if decoder is None or not decoder.position <= index < decoder.position + _READ_AHEAD:
             if decoder is not None:
