@@ -184,7 +184,7 @@ def segment_video(
             f"{MAX_FULL_SIDE} pixels on the longer side); pass --max-side 1280 (masks are still written at full "
             "size)" + (" or a smaller --scale" if scaled else "")
         )
-    frames = prefetch(decoded)
+    frames = prefetch(decoded, depth=max(4, segmenter.feed.chunk))  # a whole chunk decoded while the last one runs
     summary = Summary(objects=timeline.format.num_objects, notes=list(timeline.notes))
     if info.skipped:
         names = ", ".join(info.skipped[:4]) + (f" and {len(info.skipped) - 4} more" if len(info.skipped) > 4 else "")
