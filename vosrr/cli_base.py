@@ -176,6 +176,14 @@ Margin = Annotated[
         help="How much an object's score must beat the background's (per network) to label a pixel (0 = argmax).",
     ),
 ]
+Proximity = Annotated[
+    float,
+    typer.Option(
+        "--proximity",
+        help="With several objects: between objects, lower each one's score by this much per object size of "
+        "distance from its last position, so that look-alikes keep to their places (0 = off).",
+    ),
+]
 MinPart = Annotated[
     float,
     typer.Option(
@@ -258,6 +266,7 @@ def _segment_config(
     min_part: float = _DEFAULT.min_part,
     margin: float = _DEFAULT.margin,
     between: str = _DEFAULT.between,
+    proximity: float = _DEFAULT.proximity,
     runtime: str = _DEFAULT.runtime,
     chunk: int | None = _DEFAULT.chunk,
 ) -> SegmentConfig:
@@ -275,6 +284,7 @@ def _segment_config(
             flip=flip,
             min_part=min_part,
             margin=margin,
+            proximity=proximity,
             between=between,  # type: ignore[arg-type]  (checked by SegmentConfig)
             runtime=runtime,  # type: ignore[arg-type]  (checked by SegmentConfig)
             chunk=chunk,
@@ -287,7 +297,19 @@ def _segment_config(
         _fail(ExitCode.USAGE, f"{option} {rest}; pass another value, or leave {option} out for its default")
 
 
-_CONFIG_OPTIONS = ("lam", "blocks", "online", "window", "max_side", "scale", "min_part", "margin", "between", "runtime")
+_CONFIG_OPTIONS = (
+    "lam",
+    "blocks",
+    "online",
+    "window",
+    "max_side",
+    "scale",
+    "min_part",
+    "margin",
+    "proximity",
+    "between",
+    "runtime",
+)
 
 
 __all__ = [
@@ -307,6 +329,7 @@ __all__ = [
     "MinPart",
     "Mirror",
     "Online",
+    "Proximity",
     "Refine",
     "RuntimeOption",
     "Scale",

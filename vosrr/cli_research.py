@@ -33,6 +33,7 @@ from vosrr.cli_base import (
     MinPart,
     Mirror,
     Online,
+    Proximity,
     Refine,
     RuntimeOption,
     Scale,
@@ -170,6 +171,7 @@ def evaluate_cmd(
     window: Window = _DEFAULT.window,
     refine: Refine = _DEFAULT.refine,
     margin: Margin = _DEFAULT.margin,
+    proximity: Proximity = _DEFAULT.proximity,
     min_part: MinPart = _DEFAULT.min_part,
     between: BetweenOption = _DEFAULT.between,
     mirror_reference: Mirror = _DEFAULT.mirror_reference,
@@ -208,6 +210,7 @@ def evaluate_cmd(
         flip=flip,
         min_part=min_part,
         margin=margin,
+        proximity=proximity,
         between=between,
         runtime=runtime,
     )

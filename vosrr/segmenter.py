@@ -4,7 +4,7 @@
 video lives in a ``VideoState``. The data path::
 
     annotated frame -> phi -> X --(+ Annotation -> Stats, added to the state's)--> solve -> W[C,K+1]
-    any other frame -> phi -> X -> P = X W -> window -> decide -> labels[H,W]   (+ online update)
+    any other frame -> phi -> X -> P = X W -> window -> proximity -> decide -> labels[H,W]   (+ online update)
 
 Every annotation (the first mask, a correction, a new object, scribbles) is statistics added to the solve;
 the frame loop runs in whichever order the frames come (backwards from a middle frame is the same loop).
@@ -24,6 +24,7 @@ from vosrr import decide, solver
 from vosrr.annotations import Annotation, grid_statistics, pixel_targets, widen
 from vosrr.embedding import STRIDE, Ensemble, Phi, padded_size
 from vosrr.feed import Feed
+from vosrr.proximity import proximity
 from vosrr.solver import Stats
 from vosrr.state import SegmentConfig, VideoState
 
@@ -286,11 +287,14 @@ class Segmenter:
         return state, self.labels(state, P, frame)
 
     def advance_scores(self, state: VideoState, X: Tensor, *, online: bool = True) -> tuple[VideoState, Tensor]:
-        """Scores of one frame's features (window applied) and the state after it (online update included)."""
+        """Scores of one frame's features (window and proximity applied) and the state after it (online update
+        included)."""
         with torch.inference_mode():
             P = self.scores(state, X)
             if self.config.window > 0 and state.previous is not None:
                 P = self.window(P, state.previous)
+            if self.config.proximity > 0 and state.previous is not None:  # between objects, the nearer wins
+                P = proximity(P, state.previous, self.config.proximity)
             previous = P.argmax(0)
         if online and self.config.online > 0:
             state = self._online(state, X, P)

@@ -46,6 +46,10 @@ class SegmentConfig:
     frames with fewer than 1024 cells per n^2 use every cell"""
     window: float = 1.0
     """restrict each object to a window around its previous position: radius = window x object size (0: off)"""
+    proximity: float = 0.0
+    """between objects only, lower each object's score by this much per object size of distance from its previous
+    cells (``vosrr.proximity``), so that look-alikes keep to their own places; what is object and what is
+    background does not change, and one object alone is unaffected (0: off)"""
     upsample: Literal["bilinear", "bicubic"] = "bicubic"
     """interpolation of the feature-grid scores to the frame (the paper: bilinear)"""
     margin: float = 0.1
@@ -97,6 +101,8 @@ class SegmentConfig:
             raise ValueError(f"online_stride must be at least 1, got {self.online_stride}")
         if not 0 <= self.window <= 100:
             raise ValueError(f"window must be between 0 (off) and 100, got {self.window}")
+        if not 0 <= self.proximity <= 100:
+            raise ValueError(f"proximity must be between 0 (off) and 100, got {self.proximity}")
         if self.max_side is not None and self.max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {self.max_side}")
         if self.upsample not in ("bilinear", "bicubic"):
