@@ -15,21 +15,10 @@ from typer.testing import CliRunner
 
 import vosrr.cli
 from vosrr.annotations import Mark
-from vosrr.batch import (
-    BatchError,
-    BatchOptions,
-    Job,
-    ManifestError,
-    Result,
-    Shard,
-    format_table,
-    is_video_folder,
-    jobs_from_manifest,
-    jobs_from_paths,
-    run_jobs,
-)
+from vosrr.batch import BatchOptions, Result, Shard, format_table, run_jobs
 from vosrr.checkpoint import load_model
 from vosrr.cli import app
+from vosrr.jobs import BatchError, Job, ManifestError, is_video_folder, jobs_from_manifest, jobs_from_paths
 from vosrr.masks import MaskError
 from vosrr.segmenter import SegmentConfig, Segmenter
 

@@ -15,21 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vosrr.annotations import Mark, marks_in, parse_mark
-from vosrr.batch import (
-    MASK_SUFFIX,
-    BatchError,
-    BatchOptions,
-    Gather,
-    Job,
-    ManifestError,
-    Result,
-    Shard,
-    format_table,
-    is_video_folder,
-    jobs_from_manifest,
-    jobs_from_paths,
-    run_jobs,
-)
+from vosrr.batch import BatchOptions, Gather, Result, Shard, format_table, run_jobs
 from vosrr.checkpoint import (
     DEFAULT_WEIGHTS,
     load_model,
@@ -68,6 +54,7 @@ from vosrr.cli_base import (
 )
 from vosrr.cli_research import bench, evaluate_cmd, export, train
 from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
+from vosrr.jobs import MASK_SUFFIX, BatchError, Job, ManifestError, is_video_folder, jobs_from_manifest, jobs_from_paths
 from vosrr.mask_reader import MASK_KINDS
 from vosrr.masks import OVERLAY_STYLES, MaskError
 from vosrr.pipeline import Outputs, segment_video
