@@ -12,6 +12,9 @@ torch eager (trunk and head) for comparison with the runtime chosen, the chunked
 network call) against one frame per call, and the time from the command to its first mask on a 5-frame clip.
 Last, the paper's Table 2: the one solve a video needs, at C = 800 and N = 60 x 107 pixels, for k = 1, 2, 4, 8
 diagonal blocks.
+
+This module times the stages and prints the report; the benchmark's input and the whole-command timings are in
+``vosrr.bench_pipeline``, the solve's table in ``vosrr.solve_bench``.
 """
 
 from __future__ import annotations
@@ -20,29 +23,34 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 import vosrr
+from vosrr.bench_pipeline import (
+    MIB,
+    bench_input,
+    chunked,
+    end_to_end,
+    first_frames,
+    first_mask,
+    merge_end_to_end,
+    rss_peak_mib,
+)
 from vosrr.checkpoint import load_model
 from vosrr.encode import OverlayWriter
 from vosrr.feed import GPU_CHUNK
 from vosrr.masks import MaskError, davis_palette, overlay, write_mask
-from vosrr.pipeline import Outputs, load_reference, segment_video
+from vosrr.pipeline import load_reference
 from vosrr.segmenter import SegmentConfig, Segmenter
 from vosrr.solve_bench import (
     TABLE2_BLOCKS,
@@ -54,7 +62,7 @@ from vosrr.solve_bench import (
     solve_table,
     sync,
 )
-from vosrr.video import FRAME_SUFFIXES, VideoError, VideoInfo, open_video
+from vosrr.video import open_video
 
 __all__ = ["REFERENCES", "STAGES", "TABLE2_BLOCKS", "TABLE2_CHANNELS", "TABLE2_PIXELS", "run_bench", "solve_table"]
 
@@ -84,33 +92,6 @@ _STAGE_NAMES = {
     "overlay_encode": "overlay blend + encode",
 }
 _SAMPLES = Path(vosrr.__file__).resolve().parent.parent / "samples"
-_MIB = 1024 * 1024
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def _rss_peak_mib() -> float:
-    """The process's resident-set high-water mark (``getrusage``; KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / _MIB if sys.platform == "darwin" else peak / 1024
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the high-water mark to the current RSS (Linux >= 4.0), so a phase's own peak can be read."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _hwm_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _device_name(device: torch.device) -> str:
@@ -130,68 +111,6 @@ def _version() -> str | None:
         return importlib.metadata.version("vosrr")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-# ----------------------------------------------------------------------------------------- input
-def _bench_input(video: Path, frames: int, folder: Path) -> Path:
-    """A copy of ``video`` with exactly ``frames`` frames (looping if shorter), so every run does the same work.
-
-    Frame folders (and single images) become folders of links, so their decode cost stays that of their own
-    files; video files are re-encoded (H.264, high quality) as they stream, never held in memory.
-    """
-    if video.is_dir() or video.suffix.lower() in FRAME_SUFFIXES:
-        files = (
-            sorted(p for p in video.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
-            if video.is_dir()
-            else [video]
-        )
-        if not files:  # open_video says why
-            open_video(video)
-        target = folder / "input"
-        target.mkdir()
-        for index in range(frames):
-            source = files[index % len(files)].resolve()
-            link = target / f"{index:05d}{source.suffix.lower()}"
-            try:
-                link.symlink_to(source)
-            except OSError:
-                shutil.copyfile(source, link)
-        return target
-    info, _ = open_video(video)
-    target = folder / "input.mp4"
-    written = 0
-    with OverlayWriter(target, info.width, info.height, info.fps, quality=9) as writer:
-        while written < frames:
-            _, decoded = open_video(video)
-            before = written
-            try:
-                for frame in decoded:
-                    writer.write(frame)
-                    written += 1
-                    if written == frames:
-                        break
-            finally:
-                close = getattr(decoded, "close", None)
-                if close is not None:
-                    close()
-            if written == before:
-                raise VideoError(f"{video} holds no frames to benchmark")
-    return target
-
-
-def _first_frames(video: Path, count: int) -> tuple[VideoInfo, list[np.ndarray]]:
-    info, decoded = open_video(video)
-    kept: list[np.ndarray] = []
-    try:
-        for frame in decoded:
-            kept.append(frame)
-            if len(kept) == count:
-                break
-    finally:
-        close = getattr(decoded, "close", None)
-        if close is not None:
-            close()
-    return info, kept
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -227,7 +146,7 @@ def _time_stages(
     """Each stage alone over ``frames`` frames (cycling through a few decoded ones), ``runs`` times."""
     device = segmenter.device
     model = segmenter.model
-    info, cache = _first_frames(source, min(frames, 8))
+    info, cache = first_frames(source, min(frames, 8))
     labels, fmt = load_reference(mask, info, resize=False)
     if cache[0].shape[:2] != labels.shape:
         raise MaskError(f"mask {mask} is {labels.shape[1]}x{labels.shape[0]}, the video {info.width}x{info.height}")
@@ -336,129 +255,6 @@ def _time_stages(
         "reference_s": median(reference),
     }
     return results, meta
-
-
-def _end_to_end(
-    segmenter: Segmenter, source: Path, mask: Path, runs: int, scratch: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """The real pipeline (masks and overlay written), ``runs`` times; its own peak memory."""
-    device = segmenter.device
-    seconds: list[float] = []
-    walls: list[float] = []
-    frames = 0
-    reset = _reset_rss_peak()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for run in range(runs):
-        log(f"end to end: run {run + 1}/{runs}")
-        outputs = Outputs(scratch / f"e2e_{run}", masks=True, overlay=True)
-        tic = time.perf_counter()
-        summary = segment_video(segmenter, source, mask, outputs)
-        walls.append(time.perf_counter() - tic)
-        seconds.append(summary.seconds_per_frame)
-        frames = summary.frames
-        if summary.stopped_at:
-            raise RuntimeError(f"the benchmark video stopped early: {summary.stopped_at}")
-        shutil.rmtree(outputs.folder, ignore_errors=True)
-    s_per_frame = median(seconds)
-    result: dict[str, Any] = {
-        "s_per_frame": s_per_frame,
-        "fps": 1.0 / max(s_per_frame, 1e-12),
-        "runs": seconds,
-        "frames": frames,
-        "wall_s": walls,
-        "peak_rss_mib": _hwm_mib() if reset else None,
-    }
-    if device.type == "cuda":
-        result["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
-    return result
-
-
-def _chunked(segmenter: Segmenter, source: Path, mask: Path, runs: int, scratch: Path, chunk: int) -> dict[str, Any]:
-    """The pipeline (masks written, no overlay) with one frame per network call and with ``chunk``, paired in each
-    run; whether the two give the same masks, byte for byte."""
-    # the inference copy again (folding is idempotent, so the runtime's cached conversion is found)
-    chunked = Segmenter(segmenter.model, replace(segmenter.config, chunk=chunk), segmenter.device)
-    single = Segmenter(segmenter.model, replace(segmenter.config, chunk=1), segmenter.device)
-    seconds: dict[int, list[float]] = {1: [], chunk: []}
-    same = True
-    for run in range(runs):
-        folders = {}
-        for size, seg in ((1, single), (chunk, chunked)):
-            folders[size] = scratch / f"chunk_{size}_{run}"
-            summary = segment_video(seg, source, mask, Outputs(folders[size], overlay=False))
-            seconds[size].append(summary.seconds_per_frame)
-        names = sorted(p.name for p in (folders[1] / "masks").iterdir())
-        same = same and all(
-            (folders[1] / "masks" / name).read_bytes() == (folders[chunk] / "masks" / name).read_bytes()
-            for name in names
-        )
-        for folder in folders.values():
-            shutil.rmtree(folder, ignore_errors=True)
-    return {
-        "chunk": chunk,
-        "s_per_frame_1": median(seconds[1]),
-        "s_per_frame_chunk": median(seconds[chunk]),
-        "runs_1": seconds[1],
-        "runs_chunk": seconds[chunk],
-        "identical_masks": same,
-    }
-
-
-def _first_mask(
-    cache: list[np.ndarray],
-    mask: Path,
-    runs: int,
-    scratch: Path,
-    weights: Path | None,
-    config: SegmentConfig,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Seconds from starting ``vosrr segment`` (a new process) on a 5-frame PNG clip, ``--no-overlay``, to its
-    first mask file and to its exit: what a user waits for on a short clip (imports, weights, runtime, solve)."""
-    clip = scratch / "five_frames"
-    clip.mkdir(exist_ok=True)
-    for index in range(5):
-        cv2.imwrite(str(clip / f"{index:05d}.png"), cv2.cvtColor(cache[index % len(cache)], cv2.COLOR_RGB2BGR))
-    command = [sys.executable, "-m", "vosrr.entry", "segment", str(clip), "--mask", str(mask), "--no-overlay"]
-    command += ["--device", str(device), "--runtime", config.runtime, "--max-side", str(config.max_side or 4096)]
-    command += ["--weights", str(weights)] if weights is not None else []
-    first: list[float] = []
-    total: list[float] = []
-    for run in range(runs):
-        out = scratch / f"first_mask_{run}"
-        target = out / "masks" / "00000.png"
-        tic = time.perf_counter()
-        process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        seen = None
-        while process.poll() is None:
-            if seen is None and target.exists():
-                seen = time.perf_counter() - tic
-            time.sleep(0.002)
-        total.append(time.perf_counter() - tic)
-        if process.returncode != 0:
-            error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
-            raise RuntimeError(f"vosrr segment on the 5-frame clip failed ({process.returncode}): {error}")
-        first.append(seen if seen is not None else total[-1])
-        shutil.rmtree(out, ignore_errors=True)
-    return {"first_mask_s": median(first), "five_frames_s": median(total), "runs_first": first, "runs_total": total}
-
-
-def _merge_end_to_end(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One ``_end_to_end`` record from several single-run ones: median s/frame, every run, the highest peaks."""
-    seconds = [r["s_per_frame"] for r in runs]
-    s_per_frame = median(seconds)
-    merged: dict[str, Any] = {
-        "s_per_frame": s_per_frame,
-        "fps": 1.0 / max(s_per_frame, 1e-12),
-        "runs": seconds,
-        "frames": runs[-1]["frames"],
-        "wall_s": [w for r in runs for w in r["wall_s"]],
-        "peak_rss_mib": max((r["peak_rss_mib"] for r in runs if r["peak_rss_mib"] is not None), default=None),
-    }
-    if "cuda_peak_allocated_mib" in runs[-1]:
-        merged["cuda_peak_allocated_mib"] = max(r["cuda_peak_allocated_mib"] for r in runs)
-    return merged
 
 
 def _quiet(message: str) -> None:
@@ -592,7 +388,7 @@ def run_bench(
         with tempfile.TemporaryDirectory(prefix="vosrr-bench-") as tmp:
             scratch = Path(tmp)
             log(f"preparing {frames} frames of {video.name}")
-            source = _bench_input(Path(video), frames, scratch)
+            source = bench_input(Path(video), frames, scratch)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             # stage timings and end-to-end runs alternate, and the ratio is taken within each pair: on a shared
@@ -607,7 +403,7 @@ def run_bench(
                 one, meta = _time_stages(segmenter, plain, source, Path(mask), frames, 1, scratch, _quiet)
                 for stage, values in one.items():
                     per_run.setdefault(stage, []).extend(values)
-                e2e_runs.append(_end_to_end(segmenter, source, Path(mask), 1, scratch, _quiet))
+                e2e_runs.append(end_to_end(segmenter, source, Path(mask), 1, scratch, _quiet))
                 ratios.append(e2e_runs[-1]["s_per_frame"] / max(one["network"][0], 1e-12))
                 yardstick.append(e2e_runs[-1]["s_per_frame"] / max(one["mobilenet_v2"][0], 1e-12))
             result.update(meta)
@@ -616,19 +412,19 @@ def run_bench(
             result["references_s_per_frame"] = {stage: medians[stage] for stage in REFERENCES}
             result["stage_runs"] = per_run
             result["backbone_forward_s_per_frame"] = medians["network"]
-            cuda_stage_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
-            e2e = _merge_end_to_end(e2e_runs)
+            cuda_stage_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+            e2e = merge_end_to_end(e2e_runs)
             log("chunked pipeline, then the first mask of a 5-frame clip")
-            result["chunked"] = _chunked(segmenter, source, Path(mask), runs, scratch, GPU_CHUNK)
-            _, cache = _first_frames(source, 5)
-            result["first_mask"] = _first_mask(cache, Path(mask), runs, scratch, weights, segmenter.config, device)
+            result["chunked"] = chunked(segmenter, source, Path(mask), runs, scratch, GPU_CHUNK)
+            _, cache = first_frames(source, 5)
+            result["first_mask"] = first_mask(cache, Path(mask), runs, scratch, weights, segmenter.config, device)
         result["end_to_end"] = e2e
         result["end_to_end_over_backbone"] = median(ratios)
         result["end_to_end_over_backbone_runs"] = ratios
         result["end_to_end_over_mobilenet_v2"] = median(yardstick)
         result["end_to_end_over_mobilenet_v2_runs"] = yardstick
         result["memory"] = {
-            "peak_rss_mib": _rss_peak_mib(),
+            "peak_rss_mib": rss_peak_mib(),
             "end_to_end_peak_rss_mib": e2e.get("peak_rss_mib"),
             "cuda_peak_allocated_mib": (
                 max(cuda_stage_peak or 0.0, e2e["cuda_peak_allocated_mib"]) if device.type == "cuda" else None
@@ -640,7 +436,7 @@ def run_bench(
     result["solve_table"] = solve_table(device, runs=max(runs, 3))
     print_solve(console, result["solve_table"], device.type)
     if solve_only:
-        result["memory"] = {"peak_rss_mib": _rss_peak_mib()}
+        result["memory"] = {"peak_rss_mib": rss_peak_mib()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
