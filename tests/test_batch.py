@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vosrr.cli
+import vosrr.cli_batch
 from vosrr.annotations import Mark
 from vosrr.batch import BatchOptions, Result, Shard, format_table, run_jobs
 from vosrr.checkpoint import load_model
@@ -72,7 +73,8 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
         loaded.append(path)
         return load_model(path, device)
 
-    monkeypatch.setattr(vosrr.cli, "load_model", counting)
+    monkeypatch.setattr(vosrr.cli, "load_model", counting)  # one video
+    monkeypatch.setattr(vosrr.cli_batch, "load_model", counting)  # several
     return loaded
 
 

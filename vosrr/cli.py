@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vosrr.annotations import Mark, marks_in, parse_mark
-from vosrr.batch import BatchOptions, Gather, Result, Shard, format_table, run_jobs
+from vosrr.batch import BatchOptions
 from vosrr.checkpoint import (
     DEFAULT_WEIGHTS,
     load_model,
@@ -52,13 +52,14 @@ from vosrr.cli_base import (
     console,
     pick_device,
 )
+from vosrr.cli_batch import batch_jobs, is_batch, segment_many
 from vosrr.cli_research import bench, evaluate_cmd, export, train
 from vosrr.exports import ALPHA_VIDEO, COCO_JSON, EXPORT_KINDS, export_paths, parse_exports
-from vosrr.jobs import MASK_SUFFIX, BatchError, Job, ManifestError, is_video_folder, jobs_from_manifest, jobs_from_paths
+from vosrr.jobs import jobs_from_paths
 from vosrr.mask_reader import MASK_KINDS
 from vosrr.masks import OVERLAY_STYLES, MaskError
 from vosrr.pipeline import Outputs, segment_video
-from vosrr.segmenter import SegmentConfig, Segmenter
+from vosrr.segmenter import Segmenter
 from vosrr.video import VideoInfo, frame_files
 
 
@@ -193,9 +194,9 @@ def segment(
 
     Several VIDEOs, a folder of videos or --manifest: one model, one summary table; torchrun shares them out.
     """
-    many = _is_batch(videos or [], manifest)
+    many = is_batch(videos or [], manifest)
     video = (videos or [Path()])[0]
-    jobs = _batch_jobs(videos or [], manifest, mask or [], masks_dir, scribble or [], out) if many else []
+    jobs = batch_jobs(videos or [], manifest, mask or [], masks_dir, scribble or [], out) if many else []
     if many and mask_kind not in MASK_KINDS:
         _fail(ExitCode.USAGE, f"--mask-kind {mask_kind!r} is not one of {', '.join(MASK_KINDS)}")
     marks = [] if many else _marks(video, mask or [], masks_dir, scribble or [], mask_kind)
@@ -240,7 +241,7 @@ def segment(
             mask_kind=mask_kind,  # type: ignore[arg-type]  (checked above)
             fps=fps,
         )
-        _segment_many(jobs, options, weights, config, device, debug)
+        segment_many(jobs, options, weights, config, device, debug)
         return
     outputs = Outputs(target, masks=masks, overlay=overlay, force=force, exports=exports, overlay_style=overlay_style)
     dev = pick_device(device)
@@ -300,149 +301,6 @@ def segment(
             _fail(ExitCode.INTERRUPTED, f"interrupted after {summary.frames} frames; those are written ({written})")
 
     _guard(debug, job)
-
-
-def _is_batch(videos: list[Path], manifest: Path | None) -> bool:
-    """Several videos, a folder of videos, or a manifest; one video file or frame folder is today's single job."""
-    if not videos and manifest is None:
-        _fail(
-            ExitCode.USAGE,
-            "Missing argument 'video': pass VIDEO (a video file or a folder of frames), several, or --manifest "
-            "FILE.csv; see 'vosrr segment --help'",
-        )
-    return manifest is not None or len(videos) > 1 or is_video_folder(videos[0])
-
-
-def _batch_jobs(
-    videos: list[Path],
-    manifest: Path | None,
-    mask: list[str],
-    masks_dir: Path | None,
-    scribble: list[str],
-    out: Path | None,
-) -> list[Job]:
-    """The jobs of a batch; options that name one video's files are refused (exit 2), as is a bad manifest (3)."""
-    if manifest is not None:
-        given = [
-            name
-            for name, value in (
-                ("VIDEO", videos),
-                ("--mask", mask),
-                ("--masks", masks_dir),
-                ("--scribble", scribble),
-                ("--out", out),
-            )
-            if value
-        ]
-        if given:
-            _fail(
-                ExitCode.USAGE,
-                f"--manifest lists the videos with their masks and outputs; drop {', '.join(given)} or drop --manifest",
-            )
-        try:
-            return jobs_from_manifest(manifest)
-        except ManifestError as error:
-            _fail(ExitCode.INPUT, str(error))
-        except BatchError as error:
-            _fail(ExitCode.USAGE, str(error))
-    if mask or scribble:
-        what = f"{len(videos)} videos were given" if len(videos) > 1 else f"{videos[0]} is a folder of videos"
-        _fail(
-            ExitCode.USAGE,
-            f"{'--mask' if mask else '--scribble'} is one video's annotation and {what}; give each video its mask as "
-            f"<stem>{MASK_SUFFIX} beside it, as DIR/<stem>.png with --masks DIR, or in a --manifest",
-        )
-    try:
-        return jobs_from_paths(videos, masks_dir, out)
-    except BatchError as error:
-        _fail(ExitCode.USAGE, str(error))
-
-
-def _segment_many(
-    jobs: list[Job], options: BatchOptions, weights: Path | None, config: SegmentConfig, device: str, debug: bool
-) -> None:
-    """Every job with one model (this rank's share under torchrun), a line per video, the summary table on stdout.
-
-    Exits 0 when every video is written, ``PARTIAL`` when some failed (each has its ``error:`` line), 130 after
-    a Ctrl-C (143 after a SIGTERM). Under torchrun rank 0 prints the table of all ranks and exits with the whole
-    batch's code, the other ranks with 0; ranks without a rendezvous (RANK and WORLD_SIZE set by hand) each
-    print and exit for their own share.
-    """
-    try:
-        shard = Shard.from_env()
-        dev = shard.device(device) if device in ("auto", "cuda") else pick_device(device)
-    except BatchError as error:
-        _fail(ExitCode.USAGE, str(error))
-    except ValueError as error:
-        _fail(ExitCode.DEVICE, str(error))
-    check_runtime(config.runtime, dev)
-    who = f"[rank {shard.rank}] " if shard.world > 1 else ""
-    mine = {id(job): k for k, (_, job) in enumerate(shard.take(jobs), start=1)}  # this rank's videos, counted
-
-    def load() -> Segmenter:  # once, when the first video has passed its checks
-        model, _ = load_model(weights, dev)
-        return Segmenter(model, config, dev)
-
-    def said(result: Result) -> None:
-        video = str(result.video)
-        for note in result.notes:
-            _say(note if video in note else f"{video}: {note}", "[yellow]note:[/]")
-        if result.status == "ok":
-            rate = 1 / max(result.seconds_per_frame, 1e-9)
-            _say(
-                f"{who}{video}: {result.frames} frames, {result.objects} object(s), {dev.type}, "
-                f"{result.seconds_per_frame:.3f} s/frame ({rate:.1f} fps) -> {result.output}"
-            )
-        elif result.status != "not run":
-            _say(f"{who}{result.error if video in result.error else f'{video}: {result.error}'}", "[bold red]error:[/]")
-
-    def job() -> list[Result]:
-        with (
-            Gather(shard) as group,
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} fps"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-                disable=not console.is_terminal or shard.world > 1,
-            ) as progress,
-        ):
-            task = progress.add_task("starting", total=None, fps=0.0)
-
-            def started(job: Job, info: VideoInfo, objects: int) -> None:
-                where = f"[{mine[id(job)]}/{len(mine)}] {job.video.name}"
-                progress.reset(task, total=info.frames, description=where, fps=0.0)
-
-            def advanced(index: int) -> None:
-                elapsed = progress.tasks[task].elapsed or 1e-9
-                progress.update(task, advance=1, fps=progress.tasks[task].completed / elapsed)
-
-            results = run_jobs(
-                load,
-                jobs,
-                options,
-                shard=shard,
-                on_start=started,
-                on_frame=advanced,
-                on_result=said,
-                raise_errors=debug,
-            )
-            progress.stop()
-            every = group.gather(results)
-            if shard.rank == 0 or not shard.rendezvous:
-                typer.echo(format_table(every))
-        return every
-
-    every = _guard(debug, job)
-    if shard.rendezvous and shard.rank != 0:  # rank 0 exits with the whole batch's code (torchrun reports it)
-        return
-    if any(r.status in ("interrupted", "not run") for r in every):
-        raise typer.Exit(int(ExitCode.INTERRUPTED))
-    if any(r.status != "ok" for r in every):
-        raise typer.Exit(int(ExitCode.PARTIAL))
 
 
 @app.command()
