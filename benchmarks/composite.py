@@ -4,8 +4,12 @@
     vosrr eval --davis /tmp/composite --split composite --out runs/composite
     python benchmarks/composite.py --swaps runs/composite --composite /tmp/composite [--single weights/vosrr_mnv2.json]
     python benchmarks/composite.py --alone runs/alone --composite /tmp/composite --videos A,B [--swaps runs/composite]
+    # training episodes (vosrr train --multi) and their held-out check, from DAVIS 2016 train:
+    python benchmarks/composite.py --davis DAVIS --split train --exclude bear,flamingo,paragliding --rounds 2 --out M
+    python benchmarks/composite.py --davis DAVIS --split train --only bear,flamingo,paragliding --rounds 4 --out H
 
-**Building.** Every sequence of the split (val) hosts one composite video of the host's length. Its object 1
+**Building.** Every sequence of the split (val; ``--only`` / ``--exclude`` choose among them) hosts one
+composite video of the host's length (``--rounds`` of them, each drawn anew). Its object 1
 is the host's own object; objects 2..K (K = 2..4) are objects of *other* sequences of the same split, cut out
 frame by frame with their ground-truth masks and pasted over the host frames in order, so each keeps its own
 motion and shape changes, occludes what lies under it (the host object included) and is occluded by later
@@ -46,7 +50,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +75,7 @@ __all__ = [
     "swap_runs",
 ]
 
-#: split lists written into ``ImageSets/480p``
+#: split lists written into ``ImageSets/480p`` (and the split built from: ``train`` for training composites)
 LISTS = ("composite", "val")
 
 
@@ -81,6 +85,12 @@ class BuildConfig:
 
     seed: int = 0
     split: str = "val"
+    #: only these sequences of the split are hosts and sources (empty: all of them)
+    only: tuple[str, ...] = ()
+    #: these sequences of the split are neither hosts nor sources (e.g. training's held-out sequences)
+    exclude: tuple[str, ...] = ()
+    #: composites per host, each drawn anew (more than 1: names end in ``@round``)
+    rounds: int = 1
     #: objects per video, host included (inclusive range)
     objects: tuple[int, int] = (2, 4)
     #: every n-th video (the 2nd, 4th, ...) holds a look-alike pair; 1: all of them, 0: none
@@ -355,6 +365,15 @@ def build(davis: Path, out: Path, config: BuildConfig = BuildConfig(), force: bo
     """Write every composite of ``config.split`` into ``out`` (DAVIS layout, see the module docstring)."""
     davis, out = Path(davis), Path(out)
     pool = sequences(davis, config.split, choose=False)
+    names = {seq.name for seq in pool}
+    unknown = sorted((set(config.only) | set(config.exclude)) - names)
+    if unknown:
+        raise ValueError(f"not sequences of split {config.split}: {', '.join(unknown)}")
+    pool = [s for s in pool if (not config.only or s.name in config.only) and s.name not in config.exclude]
+    if len(pool) < 2:
+        raise ValueError(f"{len(pool)} sequence(s) left to build from; a composite needs a host and a source")
+    if config.rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {config.rounds}")
     written = [out / part for part in ("JPEGImages", "Annotations", "ImageSets")] + [out / "composite.json"]
     if any(p.exists() for p in written):
         if not force:
@@ -366,8 +385,11 @@ def build(davis: Path, out: Path, config: BuildConfig = BuildConfig(), force: bo
                 p.unlink(missing_ok=True)
     palette = [c for rgb in davis_palette() for c in rgb]
     videos = []
-    for index, host in enumerate(pool):
+    for index in range(len(pool) * config.rounds):
+        host = pool[index % len(pool)]
         video, host_masks, per_frame = plan_video(index, host, pool, config)
+        if config.rounds > 1:
+            video = replace(video, name=f"{video.name}@{index // len(pool)}")
         images = out / "JPEGImages" / "480p" / video.name
         masks = out / "Annotations" / "480p" / video.name
         images.mkdir(parents=True)
@@ -383,7 +405,7 @@ def build(davis: Path, out: Path, config: BuildConfig = BuildConfig(), force: bo
         print(f"{video.name}: {video.frames} frames, {video.objects} objects", file=sys.stderr)
     lists = out / "ImageSets" / "480p"
     lists.mkdir(parents=True)
-    for name in LISTS:
+    for name in dict.fromkeys((*LISTS, config.split)):
         (lists / f"{name}.txt").write_text("".join(f"{v.name}\n" for v in videos))
     manifest = {"config": asdict(config), "davis": davis.name, "videos": [asdict(v) for v in videos]}
     (out / "composite.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -529,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for the composites (DAVIS layout)")
     parser.add_argument("--seed", type=int, default=BuildConfig.seed)
     parser.add_argument("--split", default=BuildConfig.split, help="split whose sequences are hosts and sources")
+    parser.add_argument("--only", default="", help="comma-separated sequences: the only hosts and sources")
+    parser.add_argument("--exclude", default="", help="comma-separated sequences that are neither hosts nor sources")
+    parser.add_argument("--rounds", type=int, default=1, help="composites per host, each drawn anew")
     parser.add_argument("--force", action="store_true", help="replace an earlier build in --out")
     parser.add_argument("--swaps", type=Path, help="swap check: vosrr eval's --out folder of the composites")
     parser.add_argument("--composite", type=Path, help="swap check: the composites' folder")
@@ -599,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.davis is None or args.out is None:
         parser.error("building needs --davis and --out")
     try:
-        videos = build(args.davis, args.out, BuildConfig(seed=args.seed, split=args.split), args.force)
+        chosen = {k: tuple(n for n in getattr(args, k).split(",") if n) for k in ("only", "exclude")}
+        config = BuildConfig(seed=args.seed, split=args.split, rounds=args.rounds, **chosen)
+        videos = build(args.davis, args.out, config, args.force)
     except (FileExistsError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

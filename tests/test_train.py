@@ -193,3 +193,80 @@ def test_a_short_held_out_sequence_still_scores_and_best_is_written(tmp_path: Pa
     history = load_checkpoint(run / "last.pt")["history"]
     assert 0.0 <= history[0]["val_iou"] <= 1.0  # a number, not nan
     assert (run / "best.pt").is_file() and str(run / "best.pt") in " ".join(result.output.split())
+
+
+def _multi(root: Path, frames: int = 6) -> Path:
+    """Two ``frames``-frame two-object clips (palette id masks) in the DAVIS 2017 layout, split train."""
+    names = ["duo", "pair"]
+    for index, name in enumerate(names):
+        images, labels = make_sample.make_clip(frames, 128, 192, 2, seed=30 + index)
+        (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
+        (root / "Annotations" / "480p" / name).mkdir(parents=True)
+        for t, (image, label) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(image).save(root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg", quality=95)
+            ids = Image.fromarray(label.astype(np.uint8), mode="P")
+            ids.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * 759)
+            ids.save(root / "Annotations" / "480p" / name / f"{t:05d}.png")
+    (root / "ImageSets" / "480p").mkdir(parents=True)
+    (root / "ImageSets" / "480p" / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_multi_object_episodes_fine_tune_from_given_weights(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    davis, multi = _davis(tmp_path / "davis"), _multi(tmp_path / "multi")
+    first = tmp_path / "first"
+    assert runner.invoke(app, _train_args(tmp_path, davis, first, "--holdout", "1")).exit_code == 0
+    run = tmp_path / "run"
+    extra = ["--holdout", "1", "--multi", str(multi), "--multi-rate", "1", "--multi-views", "1"]
+    result = runner.invoke(
+        app, _train_args(tmp_path, davis, run, *extra, "--init", str(first / "last.pt"), "--lr", "1e-9")
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 videos of up to 2 objects" in " ".join(result.output.split())
+    multi_cache = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("multi_")]
+    assert len(multi_cache) == 1
+    cached = torch.load(multi_cache[0], weights_only=True)
+    assert cached["Y"].shape[-1] == 3  # background and two objects
+    assert set(cached["Y"].float().argmax(-1).unique().tolist()) == {0, 1, 2}
+    # --init: the run starts from those weights (a learning rate of 1e-9 leaves them as they were) ...
+    start, tuned = load_checkpoint(first / "last.pt")["model"], load_checkpoint(run / "last.pt")["model"]
+    learned = [k for k in start if "running_" not in k and "num_batches" not in k]  # not batch-norm statistics
+    assert all(torch.allclose(start[k].float(), tuned[k].float(), atol=1e-5) for k in learned)
+    # ... where a run without it starts from a fresh head
+    other = tmp_path / "other"
+    assert runner.invoke(app, _train_args(tmp_path, davis, other, *extra, "--lr", "1e-9", "--seed", "1")).exit_code == 0
+    fresh = load_checkpoint(other / "last.pt")["model"]
+    assert not torch.allclose(fresh["head.out.weight"].float(), start["head.out.weight"].float(), atol=1e-3)
+
+
+def test_train_refuses_a_missing_init_and_init_with_resume(tmp_path: Path) -> None:
+    davis = _davis(tmp_path / "davis")
+    missing = runner.invoke(app, _train_args(tmp_path, davis, tmp_path / "run", "--init", str(tmp_path / "no.pt")))
+    assert missing.exit_code != 0 and "--init" in missing.stderr and "not found" in missing.stderr, missing.output
+    both = [*_train_args(tmp_path, davis, tmp_path / "run"), "--init", "a.pt", "--resume", "b.pt"]
+    refused = runner.invoke(app, both)
+    assert refused.exit_code == 2 and "pass one of them" in refused.stderr, refused.output
+    assert not (tmp_path / "cache").exists()
+
+
+def test_episode_loss_counts_only_the_classes_seen_in_the_reference() -> None:
+    from vosrr.embedding import Embedder, ModelConfig
+    from vosrr.train import TrainConfig, episode_loss
+
+    torch.manual_seed(0)
+    model = Embedder(ModelConfig(32, 16, 5.0, "mobilenet_v2"))
+    c8, c16, c32 = model.trunk.spec.channels
+    levels = [torch.randn(4, c8, 8, 8), torch.randn(4, c16, 4, 4), torch.randn(4, c32, 2, 2)]
+    labels = torch.zeros(2, 2, 8, 8, dtype=torch.long)  # 2 episodes x (reference, query)
+    labels[:, :, 1:4, 1:4] = 1
+    labels[:, 1, 5:7, 5:7] = 2  # object 2 only in the query: not seen in the reference
+    Y = torch.nn.functional.one_hot(labels.flatten(2), 3).float()
+    valid = torch.ones(2, 2, 64)
+    config = TrainConfig(davis=Path("unused"))
+    loss3, iou3 = episode_loss(model, levels, Y, valid, config)
+    loss2, iou2 = episode_loss(model, levels, Y[..., :2], valid, config)
+    assert torch.allclose(loss3, loss2) and torch.equal(iou3, iou2)  # the unseen column is left out
+    Y[:, 0] = Y[:, 1]  # now the reference shows object 2 too: its column counts
+    loss_seen, _ = episode_loss(model, levels, Y, valid, config)
+    assert not torch.allclose(loss_seen, episode_loss(model, levels, Y[..., :2], valid, config)[0])

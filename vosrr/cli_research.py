@@ -83,6 +83,18 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 5e-4).")] = 5e-4,
     max_gap: Annotated[int, typer.Option(help="Largest frame distance between reference and query.")] = 30,
     refs: Annotated[int, typer.Option(help="Reference frames per episode.")] = 1,
+    multi: Annotated[
+        Path | None,
+        typer.Option(
+            help="DAVIS-layout folder of multi-object videos (split train, id masks), e.g. composites of the "
+            "training sequences (benchmarks/composite.py --split train --exclude the held-out ones)."
+        ),
+    ] = None,
+    multi_rate: Annotated[float, typer.Option(help="Share of the episodes drawn from --multi.")] = 0.5,
+    multi_views: Annotated[int, typer.Option(help="Cached views per --multi frame.")] = 2,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from these weights (fine-tuning; new optimizer and schedule).")
+    ] = None,
     views: Annotated[int, typer.Option(help="Cached views per frame: the frame and views-1 augmented copies.")] = 4,
     scale: Annotated[
         tuple[float, float], typer.Option(help="Scale augmentation: smallest and largest resize factor.")
@@ -118,6 +130,10 @@ def train(
             steps=steps,
             batch=batch,
             refs=refs,
+            multi=multi,
+            multi_rate=multi_rate,
+            multi_views=multi_views,
+            init=init,
             views=views,
             scale=scale,
             colour=colour,

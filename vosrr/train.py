@@ -10,6 +10,7 @@ Under ``torchrun`` the same loop runs data-parallel (DDP).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,16 @@ class TrainConfig:
     """episodes per step"""
     refs: int = 1
     """reference frames per episode (their statistics add up)"""
+    multi: Path | None = None
+    """a DAVIS-layout folder of multi-object videos (split ``train``; palette masks, ids 1..K), e.g. composites
+    of the training sequences (``benchmarks/composite.py --split train --exclude <held-out>``): their episodes
+    solve W for all K objects at once"""
+    multi_rate: float = 0.5
+    """share of the episodes drawn from ``multi``"""
+    multi_views: int = 2
+    """cached views of each ``multi`` frame (as ``views``)"""
+    init: Path | None = None
+    """start from these weights (fine-tuning: a new optimizer and schedule; the trunk must match)"""
     optimizer: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -89,6 +100,7 @@ class TrainConfig:
             if not math.isfinite(value):
                 raise ValueError(f"{option} must be a finite number, got {value}")
         at_least = {"--epochs": 1, "--steps": 1, "--batch": 1, "--refs": 1, "--views": 1, "--max-gap": 1}
+        at_least |= {"--multi-views": 1}
         at_least |= {"--channels": 2, "--width": 1, "--holdout": 0}
         for option, least in at_least.items():
             value = getattr(self, option[2:].replace("-", "_"))
@@ -114,6 +126,10 @@ class TrainConfig:
             raise ValueError(f"--scale must be 0 < min <= max, got {self.scale}")
         if not 0 <= self.colour < 1:
             raise ValueError(f"--colour must be in [0, 1), got {self.colour}")
+        if not 0 <= self.multi_rate <= 1 or not math.isfinite(self.multi_rate):
+            raise ValueError(f"--multi-rate must be in [0, 1], got {self.multi_rate}")
+        if self.resume is not None and self.init is not None:
+            raise ValueError("--init starts a new run from weights and --resume goes on with one; pass one of them")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -155,7 +171,8 @@ def augment_frame(
 @dataclass
 class CachedView:
     """One view of every training frame: trunk ``levels[i]`` ``[frames, C_i, h_i, w_i]`` (float16),
-    soft targets ``Y[frames, h*w, 2]`` and known fractions ``valid[frames, h*w]`` at stride 8."""
+    soft targets ``Y[frames, h*w, K+1]`` (background and K objects; K = 1 for DAVIS 2016) and known fractions
+    ``valid[frames, h*w]`` at stride 8."""
 
     levels: list[Tensor]
     Y: Tensor
@@ -184,7 +201,10 @@ class FeatureCache:
         colour: float = 0.0,
         seed: int = 0,
         progress: Any = None,
+        objects: int = 1,
     ) -> FeatureCache:
+        """``objects`` 1: each mask is one object (grey above 127, DAVIS 2016); more: masks hold ids 0..objects
+        (palette or grey), and the cache's files are named after the sequences' masks (``multi_<digest>``)."""
         index, row = [], 0
         for seq in seqs:
             index.append((seq.name, row, len(seq.frames)))
@@ -192,14 +212,41 @@ class FeatureCache:
         built = []
         for view in range(views):
             augment = None if view == 0 else {"scale": list(scale), "colour": colour, "seed": seed, "view": view}
-            stem = "davis2016_train" if model.trunk.name == "mobilenet_v2" else f"davis2016_train_{model.trunk.name}"
+            stem = "davis2016_train" if objects == 1 else f"multi_{_digest(seqs)}"
+            stem += "" if model.trunk.name == "mobilenet_v2" else f"_{model.trunk.name}"
             name = f"{stem}.pt" if view == 0 else f"{stem}_aug{view}.pt"
-            built.append(_cached_view(model, seqs, folder / name, augment, progress))
+            built.append(_cached_view(model, seqs, folder / name, augment, progress, objects))
         return cls(built, index)
 
 
+def _digest(seqs: list[Sequence]) -> str:
+    """A short digest of the sequences' names and first and last masks: a rebuilt folder gets a new cache."""
+    h = hashlib.sha1()
+    for seq in seqs:
+        h.update(seq.name.encode())
+        for mask in (seq.masks[0], seq.masks[-1]):
+            h.update(mask.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def mask_ids(path: Path) -> np.ndarray:
+    """Object ids ``[H,W]`` uint8 of a multi-object mask: a palette PNG's indices, or a grey PNG's values."""
+    image = Image.open(path)
+    return np.asarray(image if image.mode in ("P", "L") else image.convert("L"))
+
+
+def count_objects(seqs: list[Sequence]) -> int:
+    """The largest object id in the sequences' masks (at least 1)."""
+    return max(1, *(int(mask_ids(m).max()) for seq in seqs for m in seq.masks))
+
+
 def _cached_view(
-    model: Embedder, seqs: list[Sequence], path: Path, augment: dict[str, Any] | None, progress: Any
+    model: Embedder,
+    seqs: list[Sequence],
+    path: Path,
+    augment: dict[str, Any] | None,
+    progress: Any,
+    objects: int = 1,
 ) -> CachedView:
     names = [s.name for s in seqs]
     if path.is_file():
@@ -213,7 +260,7 @@ def _cached_view(
     c8, c16, c32 = model.trunk.spec.channels
     shapes = [(c8, ph // 8, pw // 8), (c16, ph // 16, pw // 16), (c32, ph // 32, pw // 32)]
     levels = [torch.empty(total, *s, dtype=torch.float16) for s in shapes]
-    Y = torch.empty(total, (ph // 8) * (pw // 8), 2, dtype=torch.float16)
+    Y = torch.empty(total, (ph // 8) * (pw // 8), objects + 1, dtype=torch.float16)
     valid = torch.empty(total, (ph // 8) * (pw // 8), dtype=torch.float16)
     model = model.eval().to(memory_format=torch.channels_last)
     what = "trunk features" if augment is None else f"augmented view {augment['view']}"
@@ -222,7 +269,12 @@ def _cached_view(
     for seq in seqs:
         for frame, mask in zip(seq.frames, seq.masks, strict=True):
             image = torch.from_numpy(np.array(Image.open(frame).convert("RGB")))
-            labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
+            if objects == 1:
+                labels = torch.from_numpy((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8))
+            else:
+                labels = torch.from_numpy(mask_ids(mask).copy())
+                if int(labels.max()) > objects:
+                    raise ValueError(f"{mask} holds object id {int(labels.max())}, more than the {objects} counted")
             if image.shape[:2] != (h, w):
                 raise ValueError(f"{frame} is not {w}x{h}; the feature cache needs one frame size")
             known = None
@@ -232,7 +284,7 @@ def _cached_view(
                 known = known[None]
             with torch.inference_mode():
                 out = model.trunk(model.preprocess(image[None]))
-                y, v = targets(labels[None], 2, (ph, pw), STRIDE, known)
+                y, v = targets(labels[None], objects + 1, (ph, pw), STRIDE, known)
             for store, value in zip(levels, out, strict=True):
                 store[row] = value[0].half()
             Y[row], valid[row] = y[0].half(), v[0].half()
@@ -251,45 +303,59 @@ def _cached_view(
 def _crop_levels(
     view: CachedView, row: int, top: int, left: int, ch: int, cw: int, flip: bool
 ) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Crop (in stride-32 cells) and optionally mirror one cached frame: levels, Y[h*w,2], valid[h*w]."""
+    """Crop (in stride-32 cells) and optionally mirror one cached frame: levels, Y[h*w,K+1], valid[h*w]."""
     out = []
     for level, factor in zip(view.levels, (4, 2, 1), strict=True):
         t, l_, s_h, s_w = top * factor, left * factor, ch * factor, cw * factor
         out.append(level[row, :, t : t + s_h, l_ : l_ + s_w])
     gh, gw = view.levels[0].shape[-2:]
-    Y = view.Y[row].view(gh, gw, 2)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
+    Y = view.Y[row].view(gh, gw, -1)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
     valid = view.valid[row].view(gh, gw)[top * 4 : (top + ch) * 4, left * 4 : (left + cw) * 4]
     if flip:
         out = [x.flip(-1) for x in out]
         Y, valid = Y.flip(1), valid.flip(1)
-    return out, Y.reshape(-1, 2), valid.reshape(-1)
+    return out, Y.reshape(-1, Y.shape[-1]), valid.reshape(-1)
+
+
+Videos = list[tuple[str, int, int]]
+"""a cache's videos: (name, first row, frame count)"""
 
 
 def sample_batch(
-    cache: FeatureCache, videos: list[tuple[str, int, int]], config: TrainConfig, rng: random.Random
+    cache: FeatureCache,
+    videos: Videos,
+    config: TrainConfig,
+    rng: random.Random,
+    multi: tuple[FeatureCache, Videos] | None = None,
 ) -> tuple[list[Tensor], Tensor, Tensor]:
-    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, 2], valid [B, refs+1, N])``.
+    """A batch of episodes: ``(levels [B*(refs+1), ...], Y [B, refs+1, N, K+1], valid [B, refs+1, N])``.
 
-    Each frame of an episode comes from a random view of the cache, at a random crop, mirrored or not.
+    Each frame of an episode comes from a random view of the cache, at a random crop, mirrored or not. With
+    ``multi`` (its cache and videos), an episode is drawn from it with probability ``config.multi_rate``; K is
+    then the larger of the two caches' object counts, and an episode with fewer objects has empty columns.
     """
     ch, cw = config.crop
     H, W = cache.views[0].levels[2].shape[-2:]
     ch, cw = min(ch, H), min(cw, W)
+    columns = max(c.views[0].Y.shape[-1] for c in (cache, *(multi[:1] if multi else ())))
     levels: list[list[Tensor]] = [[], [], []]
     ys, vs = [], []
     for _ in range(config.batch):
-        _, start, count = rng.choice(videos)
+        source, pool = multi if multi is not None and rng.random() < config.multi_rate else (cache, videos)
+        if source.views[0].levels[2].shape[-2:] != (H, W):
+            raise ValueError(f"--multi frames must be the size of the training frames ({W * 32}x{H * 32} padded)")
+        _, start, count = rng.choice(pool)
         query = rng.randrange(count)
         lo, hi = max(0, query - config.max_gap), min(count - 1, query + config.max_gap)
         picks = [start + rng.randint(lo, hi) for _ in range(config.refs)] + [start + query]
         ey, ev = [], []
         for row in picks:
-            view = cache.views[rng.randrange(len(cache.views))]
+            view = source.views[rng.randrange(len(source.views))]
             top, left = rng.randint(0, H - ch), rng.randint(0, W - cw)
             lv, y, v = _crop_levels(view, row, top, left, ch, cw, rng.random() < 0.5)
             for store, x in zip(levels, lv, strict=True):
                 store.append(x)
-            ey.append(y)
+            ey.append(F.pad(y, (0, columns - y.shape[-1])))
             ev.append(v)
         ys.append(torch.stack(ey))
         vs.append(torch.stack(ev))
@@ -310,23 +376,35 @@ def trainable_levels(model: Embedder, levels: list[Tensor], stages: int) -> tupl
 def episode_loss(
     model: Embedder, levels: list[Tensor], Y: Tensor, valid: Tensor, config: TrainConfig
 ) -> tuple[Tensor, Tensor]:
-    """BCEWithLogits of the query predicted through the solve; returns ``(loss, IoU per episode)``."""
+    """BCEWithLogits of the query predicted through the solve; returns ``(loss, IoU per episode)``.
+
+    ``Y [B, refs+1, N, K+1]``: W is solved for all K objects at once. Only the classes seen in the reference
+    frames count (an empty column, or an object cropped out of the references, cannot be predicted): the loss
+    is the mean over them, and the IoU the mean over the objects among them (the query's labels being the
+    argmax over them; an episode with none scores 1).
+    """
     b, frames = Y.shape[:2]
     X = model.embed(trainable_levels(model, levels, config.train_stages))  # [b*frames, C, h, w]
     X = X.flatten(2).transpose(1, 2).unflatten(0, (b, frames))  # [b, frames, N, C]
     ref_X, ref_Y, ref_v = X[:, :-1].flatten(1, 2), Y[:, :-1].flatten(1, 2), valid[:, :-1].flatten(1, 2)
     weights = solver.balanced_weights(ref_Y, ref_v)
     W = solver.fit(ref_X, ref_Y, model.lam, weights, config.blocks)  # [b, C, 2]
-    logits = model.logits(solver.predict(X[:, -1], W))  # [b, N, 2]
+    logits = model.logits(solver.predict(X[:, -1], W))  # [b, N, K+1]
     q_Y, q_v = Y[:, -1], valid[:, -1]
-    bce = F.binary_cross_entropy_with_logits(logits, q_Y, reduction="none").mean(-1)
+    seen = ((ref_Y * ref_v.unsqueeze(-1)).sum(1) > 0).to(logits.dtype)  # [b, K+1]
+    bce = F.binary_cross_entropy_with_logits(logits, q_Y, reduction="none")
+    bce = (bce * seen.unsqueeze(1)).sum(-1) / seen.sum(-1, keepdim=True).clamp_min(1)
     loss = (bce * q_v).sum() / q_v.sum().clamp_min(1)
     with torch.no_grad():
-        pred = (logits[..., 1] > logits[..., 0]).float()
-        gt = (q_Y[..., 1] > 0.5).float()
-        inter = (pred * gt * q_v).sum(-1)
-        union = ((pred + gt).clamp(max=1) * q_v).sum(-1)
-        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        label = logits.masked_fill(seen.unsqueeze(1) == 0, -math.inf).argmax(-1)  # [b, N]
+        k = torch.arange(logits.shape[-1], device=logits.device)
+        pred = (label.unsqueeze(-1) == k).float()  # [b, N, K+1]
+        gt = (q_Y == q_Y.amax(-1, keepdim=True)).float() * (q_Y > 0.5).float()
+        inter = (pred * gt * q_v.unsqueeze(-1)).sum(1)  # [b, K+1]
+        union = ((pred + gt).clamp(max=1) * q_v.unsqueeze(-1)).sum(1)
+        per_object = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))[:, 1:]
+        objects = seen[:, 1:]
+        iou = torch.where(objects.sum(-1) > 0, (per_object * objects).sum(-1) / objects.sum(-1).clamp_min(1), 1.0)
     return loss, iou
 
 
@@ -334,19 +412,20 @@ def train_one_epoch(
     model: Embedder,
     optimizer: torch.optim.Optimizer,
     cache: FeatureCache,
-    videos: list[tuple[str, int, int]],
+    videos: Videos,
     config: TrainConfig,
     rng: random.Random,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     progress: Any = None,
     device: torch.device | None = None,
+    multi: tuple[FeatureCache, Videos] | None = None,
 ) -> dict[str, float]:
     device = device or torch.device("cpu")
     model.train()
     task = progress.add_task("epoch", total=config.steps) if progress else None
     losses, ious = [], []
     for step in range(config.steps):
-        levels, Y, valid = sample_batch(cache, videos, config, rng)
+        levels, Y, valid = sample_batch(cache, videos, config, rng, multi)
         levels = [x.to(device) for x in levels]
         loss, iou = episode_loss(model, levels, Y.to(device), valid.to(device), config)
         if not torch.isfinite(loss):
@@ -379,7 +458,7 @@ def train_one_epoch(
 def evaluate_episodes(
     model: Embedder,
     cache: FeatureCache,
-    videos: list[tuple[str, int, int]],
+    videos: Videos,
     config: TrainConfig,
     every: int = 5,
     device: torch.device | None = None,
@@ -439,6 +518,11 @@ def check_out(config: TrainConfig) -> None:
     if config.resume is not None and not config.resume.is_file():
         what = "is a folder" if config.resume.is_dir() else "not found"
         raise WeightsError(f"--resume {config.resume}: {what}; pass the last.pt of the run to go on with")
+    if config.init is not None and not config.init.is_file():
+        what = "is a folder" if config.init.is_dir() else "not found"
+        raise WeightsError(f"--init {config.init}: {what}; pass a checkpoint file (e.g. weights/vosrr_mnv2.pt)")
+    if config.multi is not None and not (config.multi / "ImageSets").is_dir():
+        raise DavisError(f"--multi {config.multi}: no ImageSets/ folder; pass a DAVIS-layout folder (split train)")
     last = out / "last.pt"
     if last.exists() and config.resume is None and not config.force:
         raise OutputError(
@@ -486,16 +570,26 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
         optimizer_state, scheduler_state = payload.get("optimizer"), payload.get("scheduler")
         rng.setstate(_rng_state(payload.get("rng")))
         log(f"resuming {config.resume} at epoch {start_epoch}")
+    elif config.init is not None:
+        payload = load_checkpoint(config.init)
+        model = Embedder(ModelConfig(**payload["config"]))
+        if model.trunk.name != config.trunk:
+            raise WeightsError(f"--init {config.init} has a {model.trunk.name} trunk, not --trunk {config.trunk}")
+        model.load_state_dict(payload["model"])
+        log(f"starting from the weights of {config.init}")
     if world > 1:  # every rank starts from rank 0's weights (their random inits differ)
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
     views = dict(views=config.views, scale=config.scale, colour=config.colour, seed=config.seed)
-    if rank == 0:
-        cache = FeatureCache.build(model, seqs, config.cache, progress=progress, **views)
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        cache = FeatureCache.build(model, seqs, config.cache, **views)
+    cache = _shared_cache(model, seqs, config.cache, progress, rank, world, **views)
+    multi = None
+    if config.multi is not None:
+        multi_seqs = sequences(config.multi, "train", choose=False)
+        objects = count_objects(multi_seqs)
+        views |= {"views": config.multi_views, "objects": objects}
+        multi_cache = _shared_cache(model, multi_seqs, config.cache, progress, rank, world, **views)
+        multi = (multi_cache, multi_cache.index)
+        log(f"multi-object episodes: {len(multi_seqs)} videos of up to {objects} objects, rate {config.multi_rate}")
     model.to(device)
     train_videos = [v for v in cache.index if v[0] not in held]
     val_videos = [v for v in cache.index if v[0] in held]
@@ -524,7 +618,7 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
     log(f"train {len(train_videos)} videos, held out {held}; {sum(p.numel() for p in params):,} trained parameters")
     for epoch in range(start_epoch, config.epochs):
         tic = time.perf_counter()
-        stats = train_one_epoch(model, optimizer, cache, train_videos, config, rng, scheduler, progress, device)
+        stats = train_one_epoch(model, optimizer, cache, train_videos, config, rng, scheduler, progress, device, multi)
         if rank != 0:
             continue
         stats.update(evaluate_episodes(model, cache, val_videos, config, device=device) if val_videos else {})
@@ -546,6 +640,19 @@ def train(config: TrainConfig, progress: Any = None, log: Any = print) -> Path:
             best = max(best, score)
             save_checkpoint(config.out / "best.pt", model, **extra)
     return config.out / "best.pt"
+
+
+def _shared_cache(
+    model: Embedder, seqs: list[Sequence], folder: Path, progress: Any, rank: int, world: int, **options: Any
+) -> FeatureCache:
+    """``FeatureCache.build`` by rank 0 first; the other ranks (under torchrun) then load what it wrote."""
+    if rank == 0:
+        cache = FeatureCache.build(model, seqs, folder, progress=progress, **options)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        cache = FeatureCache.build(model, seqs, folder, **options)
+    return cache
 
 
 def _plain(value: Any) -> Any:
