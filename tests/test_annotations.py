@@ -204,6 +204,33 @@ def test_scribbles_recover_a_generated_objects_mask(segmenter: Segmenter) -> Non
     assert np.mean(from_strokes) > 0.95 * np.mean(from_mask), (from_strokes, from_mask)
 
 
+def test_a_look_alike_that_no_stroke_reaches_stays_background(shipped_model) -> None:
+    images, labels = make_sample.make_clip(1, H, W, 2, seed=2)
+    frame, truth = images[0].copy(), labels[0]
+    strokes = scribble(truth)
+    assert strokes.known is not None
+    ys, xs = np.nonzero(truth == 1)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    shape = truth[box] == 1
+    h, w = shape.shape
+    # a copy of object 1 where there is no object and no stroke: the first such place, row by row
+    spot = next(
+        (y, x)
+        for y in range(0, H - h, 16)
+        for x in range(0, W - w, 16)
+        if not truth[y : y + h, x : x + w].any() and not strokes.known[y : y + h, x : x + w].any()
+    )
+    copy = np.zeros_like(shape, shape=truth.shape)
+    copy[spot[0] : spot[0] + h, spot[1] : spot[1] + w] = shape
+    frame[copy] = images[0][box][shape]
+    share = {}
+    for parts in (False, True):
+        _, inferred = Segmenter(shipped_model, SegmentConfig(stroke_parts=parts)).start(frame, strokes)
+        share[parts] = float((inferred[copy] == 1).mean())
+        assert iou(inferred, truth, 1) > 0.8 or not parts, parts  # the stroked object itself is kept
+    assert share[False] > 0.3 and share[True] == 0.0, share  # the solve alone takes the copy for object 1
+
+
 def test_scribble_rounds_add_the_confident_cells(shipped_model) -> None:
     images, labels = make_sample.make_clip(1, H, W, 2, seed=2)
     strokes = scribble(labels[0])

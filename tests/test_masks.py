@@ -21,6 +21,7 @@ from vosrr.masks import (
     davis_palette,
     drop_small_parts,
     overlay,
+    parts_with_strokes,
     targets,
     write_mask,
 )
@@ -515,3 +516,23 @@ def test_contour_width_grows_with_the_frame_and_fill_stays_as_it_was() -> None:
     np.testing.assert_array_equal(fill[labels == 1], np.array([[114, 50, 50]] * int((labels == 1).sum())))
     with pytest.raises(ValueError, match="unknown overlay style 'dots'; choose from fill, contour"):
         overlay(frame, labels, colours, style="dots")
+
+
+def test_parts_with_strokes_keeps_only_the_stroked_parts_of_each_object() -> None:
+    labels = np.zeros((40, 60), np.uint8)
+    labels[2:12, 2:12] = 1  # object 1, stroked
+    labels[25:35, 40:50] = 1  # object 1 again, far away and never stroked: it goes
+    labels[2:12, 40:50] = 2  # object 2, stroked
+    labels[25:35, 2:12] = 2  # a second part of object 2, stroked too: it stays
+    labels[30:38, 20:30] = 3  # object 3 has no stroke at all: kept whole
+    strokes = np.zeros_like(labels)
+    known = np.zeros(labels.shape, bool)
+    for y, x, k in [(6, 6, 1), (6, 44, 2), (30, 6, 2), (20, 20, 0)]:
+        strokes[y, x], known[y, x] = k, True
+    out = parts_with_strokes(labels, strokes, known)
+    expected = labels.copy()
+    expected[25:35, 40:50] = 0
+    np.testing.assert_array_equal(out, expected)
+    # a stroke pixel that is not known (a blank of the scribble file) marks nothing
+    known[30, 6] = False
+    assert parts_with_strokes(labels, strokes, known)[30, 6] == 0

@@ -172,6 +172,24 @@ def drop_small_parts(labels: np.ndarray, fraction: float) -> np.ndarray:
     return out
 
 
+def parts_with_strokes(labels: np.ndarray, strokes: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``labels[H,W]`` (0..K) with each object's parts that hold none of its strokes turned to background.
+
+    A part is a connected region (8-connectivity) of one object's pixels; ``strokes[H,W]`` (0..K) marks, where
+    ``known[H,W]`` is True, the pixels a user stroked. An object without strokes keeps all its parts.
+    """
+    out = labels.copy()
+    for k in np.unique(strokes[known]):
+        if k == 0:
+            continue
+        count, parts = cv2.connectedComponents((labels == k).astype(np.uint8), connectivity=8)
+        keep = np.zeros(count, bool)
+        keep[np.unique(parts[known & (strokes == k)])] = True
+        keep[0] = True  # component 0: every pixel that is not object k
+        out[~keep[parts]] = 0
+    return out
+
+
 def targets(
     labels: Tensor, num_classes: int, padded: tuple[int, int], stride: int, known: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

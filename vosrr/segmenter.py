@@ -24,6 +24,7 @@ from vosrr import decide, solver
 from vosrr.annotations import Annotation, grid_statistics, pixel_targets, widen
 from vosrr.embedding import STRIDE, Ensemble, Phi, padded_size
 from vosrr.feed import Feed
+from vosrr.masks import parts_with_strokes
 from vosrr.proximity import proximity
 from vosrr.solver import Stats
 from vosrr.state import SegmentConfig, VideoState
@@ -196,7 +197,8 @@ class Segmenter:
     ) -> np.ndarray:
         """A frame's full labels from scribbles: solve from the strokes (and ``prior``, earlier input), predict
         the frame, add the confidently predicted cells, solve again (``config.scribble_rounds`` times).
-        Stroke pixels keep their labels. A ``correction``'s strokes weigh as much in total as a fully annotated
+        Stroke pixels keep their labels, and (``config.stroke_parts``) an object's parts that no stroke of it
+        reaches go to the background. A ``correction``'s strokes weigh as much in total as a fully annotated
         frame (``config.stroke_frame``), so that a few strokes can overrule what earlier frames taught."""
         weight = 1.0
         if correction and self.config.stroke_frame:
@@ -216,7 +218,8 @@ class Segmenter:
         P = solver.predict(X, W).transpose(0, 1).reshape(num_classes, h, w)
         out = decide.labels(P, work, strokes.size, self.decision, frame)
         known = strokes.known if strokes.known is not None else np.ones(strokes.size, bool)
-        return np.where(known, strokes.labels, out).astype(np.uint8)
+        out = np.where(known, strokes.labels, out).astype(np.uint8)
+        return parts_with_strokes(out, strokes.labels, known) if self.config.stroke_parts else out
 
     def _confident(self, P: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
         """``P[N,K+1]`` -> ``(Y[N,K+1], valid[N])``: each cell's predicted class where its probability reaches
