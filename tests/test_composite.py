@@ -317,3 +317,19 @@ def test_segment_alone_scores_every_object_on_its_own(davis: Path, tmp_path: Pat
         np.testing.assert_array_equal(reference, first == int(key))  # that object only
     with pytest.raises(FileNotFoundError, match="no annotations"):
         composite.segment_alone(built, ["nonesuch"], tmp_path / "alone", tiny_weights)
+
+
+def test_only_exclude_and_rounds_choose_the_hosts_and_sources(davis: Path, tmp_path: Path) -> None:
+    videos = composite.build(davis, tmp_path / "x", replace(CONFIG, exclude=("cat",), rounds=2, lookalike_every=0))
+    assert [v.name.rsplit("@", 1)[1] for v in videos] == ["0", "0", "1", "1"]  # two rounds of the two hosts
+    assert all("cat" not in v.name and all(p.source != "cat" for p in v.pastes) for v in videos)
+    listed = (tmp_path / "x" / "ImageSets" / "480p" / "composite.txt").read_text().split()
+    assert listed == [v.name for v in videos] and sorted(
+        p.name for p in (tmp_path / "x" / "JPEGImages" / "480p").iterdir()
+    ) == sorted(listed)
+    only = composite.build(davis, tmp_path / "y", replace(CONFIG, only=("ant", "bee"), lookalike_every=0))
+    assert sorted(v.host for v in only) == ["ant", "bee"] and all("cat" not in v.name for v in only)
+    with pytest.raises(ValueError, match="not sequences of split val: dog"):
+        composite.build(davis, tmp_path / "z", replace(CONFIG, exclude=("dog",)))
+    with pytest.raises(ValueError, match="a host and a source"):
+        composite.build(davis, tmp_path / "z", replace(CONFIG, only=("ant",)))
