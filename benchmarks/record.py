@@ -2,9 +2,11 @@
 and the DAVIS numbers measured with it (from a `vosrr eval` results.json).
 
     vosrr eval --split val --davis PATH --out runs/eval_val
-    python benchmarks/record.py runs/eval_val/results.json [--weights weights/vosrr_mnv2.pt]
+    python benchmarks/record.py runs/eval_val/results.json [--weights weights/vosrr_mnv2.pt] [--started-from OLD.json]
 
-For an ensemble checkpoint (`vosrr export A.pt B.pt`) the record holds each member's training record.
+For an ensemble checkpoint (`vosrr export A.pt B.pt`) the record holds each member's training record. A checkpoint
+fine-tuned from earlier weights (`vosrr train --init`) keeps, with ``--started-from``, the earlier record's training
+(configuration, history, sha256) under ``started_from``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--started-from", type=Path, help="the record of the weights this run started from")
     args = parser.parse_args()
     payload = load_checkpoint(args.weights)
     results = json.loads(args.results.read_text())
@@ -34,6 +37,11 @@ def main() -> None:
             "train_config": payload.get("train_config"),
             "train_history": payload.get("history"),
         }
+    if args.started_from is not None:
+        earlier = json.loads(args.started_from.read_text())
+        kept = ("checkpoint", "sha256", "epoch", "train_config", "train_history", "started_from")
+        training["started_from"] = {k: earlier[k] for k in kept if k in earlier}
+        training["started_from"]["davis2016_val_mean"] = earlier.get("davis2016_val", {}).get("mean")
     record = {
         "checkpoint": args.weights.name,
         "sha256": sha256(args.weights),
