@@ -51,7 +51,7 @@ class SegmentConfig:
     cells (``vosrr.proximity``), so that look-alikes keep to their own places; what is object and what is
     background does not change, and one object alone is unaffected (0: off). On DAVIS 2016 train composites
     (30 videos, 100 objects) J&F 59.7 off, 65.8 at 2, 66.0 at 3, 66.9 at 5, 62.6 at 10; but on the shipped
-    two-object sample mean IoU 0.918 off, 0.902 at 1, 0.870 at 5 (at 3, an object lost in some frames), so it is off
+    two-object sample mean IoU 0.919 off, 0.901 at 1, 0.861 at 5 (at 3, an object lost in some frames), so it is off
     by default and ``--proximity 5`` is an opt-in for look-alikes"""
     upsample: Literal["bilinear", "bicubic"] = "bicubic"
     """interpolation of the feature-grid scores to the frame (the paper: bilinear)"""
