@@ -193,7 +193,7 @@ def test_stopped_and_resumed_propagation_equals_one_run(small_clip, tiny_segment
             if event["type"] == "progress":
                 seen.append(int(event["frame"]))
                 if len(seen) == 3:
-                    session._cancel.set()  # what the page's "stop" does, from inside the job's thread
+                    session.jobs.cancel.set()  # what the page's "stop" does, from inside the job's thread
 
         session.notify = stop_after_three
         session.propagate()

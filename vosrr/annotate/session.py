@@ -31,26 +31,17 @@ from PIL import Image
 from torch import Tensor
 
 from vosrr.annotate.frames import FrameSource
+from vosrr.annotate.jobs import BusyError, Event, JobCancelledError, Jobs
 from vosrr.annotate.strokes import FrameStrokes, Stroke, StrokeError, read_layer, write_layer
 from vosrr.annotations import Annotation
 from vosrr.masks import MaskFormat, write_mask
 from vosrr.pipeline import Outputs, prepare_output
 from vosrr.segmenter import AnnotationError, Segmenter, Tracked, VideoState
 
-__all__ = ["BusyError", "Session"]
-
-Event = dict[str, object]
+__all__ = ["BusyError", "Event", "Session"]
 
 #: frames whose features are kept for repeated strokes
 _FEATURE_CACHE = 4
-
-
-class BusyError(RuntimeError):
-    """Another job (propagation or export) is running; stop it first."""
-
-
-class _CancelledError(Exception):
-    """A job was asked to stop."""
 
 
 @dataclass
@@ -104,12 +95,8 @@ class Session:
         self._cursors: dict[str, _Cursor] = {}
         self._feature_cache: OrderedDict[int, Tensor] = OrderedDict()
         self._lock = threading.RLock()  # one piece of segmenter work at a time
-        self._cancel = threading.Event()
-        self._job: threading.Thread | None = None
-        self._jobs = 0
-        self.job: Event | None = None
-        """the running or last job: id (1, 2, …), name, state (running, done, stopped, failed), done, total, frame
-        (the last one done), message"""
+        self.jobs = Jobs(self._lock, lambda event: self.notify(event), self.status)
+        """propagation and export, one at a time (``vosrr.annotate.jobs``)"""
         self._objects: dict[int, int] = {}
         """the highest object label of each frame's strokes"""
         for index, path in resumed:
@@ -326,57 +313,29 @@ class Session:
 
     # ----------------------------------------------------------------- jobs
     @property
+    def job(self) -> Event | None:
+        """The running or last job's record (``Jobs.record``)."""
+        return self.jobs.record
+
+    @property
     def busy(self) -> bool:
-        return self._job is not None and self._job.is_alive()
+        return self.jobs.busy
 
     def propagate(self) -> None:
         """Start propagating (in a thread) every frame whose mask is missing; ``BusyError`` if a job runs."""
-        self._start_job("propagate", self._propagate)
+        self.jobs.start("propagate", self._propagate)
 
     def export(self) -> None:
         """Start the export (in a thread): ``vosrr segment``'s whole job on the strokes; ``BusyError`` if busy."""
-        self._start_job("export", self._export)
-
-    def _start_job(self, name: str, work: Callable[[], None]) -> None:
-        with self._lock:
-            if self.busy:
-                raise BusyError(f"{self.job and self.job['name']} is running; stop it first")
-            self._cancel.clear()
-            self._jobs += 1
-            self.job = {"id": self._jobs, "name": name, "state": "running", "done": 0, "total": 0, "frame": None}
-            self.job["message"] = None
-            self._job = threading.Thread(target=self._run_job, args=(work,), name=f"vosrr-{name}", daemon=True)
-            self._job.start()
-        self.notify({"type": "job", "job": dict(self.job)})
-
-    def _run_job(self, work: Callable[[], None]) -> None:
-        assert self.job is not None
-        try:
-            with self._lock:
-                work()
-            self.job["state"] = "stopped" if self._cancel.is_set() else "done"
-        except _CancelledError:
-            self.job["state"] = "stopped"
-        except AnnotationError as error:
-            self.job.update(state="failed", message=str(error))
-        except Exception as error:  # shown on the page; the server goes on
-            self.job.update(state="failed", message=f"{type(error).__name__}: {error}")
-        self.notify({"type": "job", "job": dict(self.job)})
-        self.notify({"type": "info", **self.status()})
+        self.jobs.start("export", self._export)
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the running job to stop after its current frame, and wait for it."""
-        job = self._job
-        if job is not None and job.is_alive():
-            self._cancel.set()
-            job.join(timeout)
+        self.jobs.stop(timeout)
 
     def wait(self, timeout: float | None = None) -> Event | None:
         """Wait for the running job to end; its final record."""
-        job = self._job
-        if job is not None:
-            job.join(timeout)
-        return self.job
+        return self.jobs.wait(timeout)
 
     def close(self) -> None:
         """Stop any job (its files are complete) and the frame source."""
@@ -385,17 +344,13 @@ class Session:
 
     def _step(self, tracked: Tracked, direction: str, annotated: dict[int, Annotation]) -> None:
         """Write one propagated frame's mask, remember where to go on, report progress."""
-        assert self.job is not None
         index = tracked.index
         self._write_mask(index, tracked.labels, tracked.state.num_objects)
         if index in annotated:
             self._anchors[index] = tracked.state
         self._cursors[direction] = _Cursor(direction, index + (1 if direction == "forward" else -1), tracked.state)
-        self.job["done"] = int(self.job["done"]) + 1  # type: ignore[call-overload]
-        self.job["frame"] = index
-        self.notify({"type": "progress", "frame": index, "done": self.job["done"], "total": self.job["total"]})
-        if self._cancel.is_set():
-            raise _CancelledError
+        if not self.jobs.advance(index):
+            raise JobCancelledError
 
     def _propagate(self) -> None:
         annotated = self.annotations()
@@ -458,11 +413,7 @@ class Session:
         tic = time.perf_counter()
 
         def advanced(index: int) -> None:
-            assert self.job is not None
-            self.job["done"] = int(self.job["done"]) + 1  # type: ignore[call-overload]
-            self.job["frame"] = index
-            self.notify({"type": "progress", "frame": index, "done": self.job["done"], "total": self.job["total"]})
-            if self._cancel.is_set():
+            if not self.jobs.advance(index):
                 raise KeyboardInterrupt  # segment_video's own interruption: what is written is complete
 
         summary = segment_video(self.segmenter, self.source.path, marks, self.outputs, on_frame=advanced)
@@ -474,7 +425,7 @@ class Session:
             f"{self.outputs.overlay_path}"
         )
         if summary.interrupted:
-            raise _CancelledError
+            raise JobCancelledError
 
 
 def _objects(layer: np.ndarray) -> int:
