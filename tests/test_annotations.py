@@ -234,6 +234,30 @@ def test_a_look_alike_that_no_stroke_reaches_stays_background(shipped_model) -> 
     assert share[False] > 0.3 and share[True] == 0.0, share  # the solve alone takes the copy for object 1
 
 
+def test_correction_strokes_keep_the_parts_they_do_not_touch(shipped_model) -> None:
+    images, labels = make_sample.make_clip(1, H, W, 2, seed=2)
+    truth = labels[0].copy()
+    ys, xs = np.nonzero(truth == 1)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    shape = truth[box] == 1
+    h, w = shape.shape
+    y, x = next(
+        (y, x) for y in range(0, H - h, 16) for x in range(0, W - w, 16) if not truth[y : y + h, x : x + w].any()
+    )
+    frame = images[0].copy()
+    frame[y : y + h, x : x + w][shape] = images[0][box][shape]
+    truth[y : y + h, x : x + w][shape] = 1  # object 1 in two parts, both annotated at frame 0
+    copy = np.zeros(truth.shape, bool)
+    copy[y : y + h, x : x + w] = shape
+    segmenter = Segmenter(shipped_model, SegmentConfig(stroke_parts=True))
+    state, _ = segmenter.start(frame, truth)
+    # a correction (the state has seen frame 0): strokes on the first part and the background only
+    strokes = scribble(labels[0])
+    assert strokes.known is not None and not (strokes.known & copy).any()
+    _, corrected = segmenter.add_annotation(state, frame, strokes)
+    assert (corrected[copy] == 1).mean() > 0.5  # the untouched part is still object 1
+
+
 def test_scribble_rounds_add_the_confident_cells(shipped_model) -> None:
     images, labels = make_sample.make_clip(1, H, W, 2, seed=2)
     strokes = scribble(labels[0])

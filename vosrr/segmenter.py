@@ -197,9 +197,10 @@ class Segmenter:
     ) -> np.ndarray:
         """A frame's full labels from scribbles: solve from the strokes (and ``prior``, earlier input), predict
         the frame, add the confidently predicted cells, solve again (``config.scribble_rounds`` times).
-        Stroke pixels keep their labels, and (``config.stroke_parts``) an object's parts that no stroke of it
-        reaches go to the background. A ``correction``'s strokes weigh as much in total as a fully annotated
-        frame (``config.stroke_frame``), so that a few strokes can overrule what earlier frames taught."""
+        Stroke pixels keep their labels, and (``config.stroke_parts``, on the video's first input only) an
+        object's parts that no stroke of it reaches go to the background. A ``correction``'s strokes weigh as
+        much in total as a fully annotated frame (``config.stroke_frame``), so that a few strokes can overrule
+        what earlier frames taught."""
         weight = 1.0
         if correction and self.config.stroke_frame:
             _, known = pixel_targets(strokes.labels, strokes.known, num_classes, work, self.device)
@@ -219,7 +220,9 @@ class Segmenter:
         out = decide.labels(P, work, strokes.size, self.decision, frame)
         known = strokes.known if strokes.known is not None else np.ones(strokes.size, bool)
         out = np.where(known, strokes.labels, out).astype(np.uint8)
-        return parts_with_strokes(out, strokes.labels, known) if self.config.stroke_parts else out
+        if self.config.stroke_parts and not correction:  # a correction's few strokes need not touch every part
+            out = parts_with_strokes(out, strokes.labels, known)
+        return out
 
     def _confident(self, P: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
         """``P[N,K+1]`` -> ``(Y[N,K+1], valid[N])``: each cell's predicted class where its probability reaches
